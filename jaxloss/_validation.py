@@ -1,0 +1,196 @@
+"""The one place that checks inputs and raises clear errors.
+
+Every check here runs at trace time: it looks only at shapes, dtypes and Python values, so it costs
+nothing inside a compiled function. Values that are only known at run time (labels out of range, NaN
+logits) cannot be checked here; ``jaxloss.checked`` does that with ``jax.experimental.checkify``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "Prepared",
+    "check_class_vector",
+    "check_in_range",
+    "check_integer",
+    "compute_dtype",
+    "prepare",
+]
+
+
+def compute_dtype(dtype: Any) -> jnp.dtype:
+    """The dtype a loss computes in: float32 for 16-bit inputs, the input dtype otherwise."""
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(jnp.float32) if dtype.itemsize < 4 else dtype
+
+
+def _is_concrete(value: Any) -> bool:
+    return not isinstance(value, jax.core.Tracer)
+
+
+def check_in_range(
+    name: str,
+    value: Any,
+    *,
+    lower: float | None = None,
+    upper: float | None = None,
+    lower_open: bool = False,
+    upper_open: bool = False,
+) -> None:
+    """Raises ValueError unless ``value`` lies in the given interval.
+
+    Traced values are not checked (they have no value at trace time); a differentiable hyperparameter
+    such as a learned temperature is therefore the caller's responsibility.
+    """
+    if value is None or not _is_concrete(value):
+        return
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
+        raise TypeError(f"{name} must be a number, got {value!r} of type {type(value).__name__}.")
+    left = "(" if lower_open else "["
+    right = ")" if upper_open else "]"
+    interval = (
+        f"{left}{'-inf' if lower is None else lower}, {'inf' if upper is None else upper}{right}"
+    )
+    ok = ~np.isnan(array)
+    if lower is not None:
+        ok &= array > lower if lower_open else array >= lower
+    if upper is not None:
+        ok &= array < upper if upper_open else array <= upper
+    if not np.all(ok):
+        shown = value if array.ndim == 0 else array[~ok].tolist()
+        raise ValueError(f"{name} must be in {interval}, got {shown}.")
+
+
+def check_integer(name: str, value: Any, *, lower: int | None = None, upper: int | None = None):
+    """Raises unless ``value`` is a Python (or NumPy) integer in [lower, upper]; returns it as int."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be a Python int, got {value!r} of type {type(value).__name__}.")
+    check_in_range(name, value, lower=lower, upper=upper)
+    return int(value)
+
+
+def check_class_vector(
+    name: str, values: Any, num_classes: int, *, positive: bool = True
+) -> jax.Array:
+    """Checks a per-class vector (counts, priors, weights) and returns it as a float array.
+
+    Its shape must be ``(num_classes,)``; with ``positive`` every entry must be > 0 (checked when the
+    values are concrete).
+    """
+    if values is None:
+        raise ValueError(f"{name} is required: a vector of {num_classes} per-class values.")
+    shape = np.shape(values)
+    if shape != (num_classes,):
+        raise ValueError(
+            f"{name} must have shape ({num_classes},) to match the {num_classes} classes of the "
+            f"logits, got shape {shape}."
+        )
+    if positive:
+        check_in_range(name, values, lower=0, lower_open=True)
+    else:
+        check_in_range(name, values, lower=0)
+    return jnp.asarray(values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Validated inputs of a loss, with the class axis moved last.
+
+    Attributes:
+      logits: the logits in the compute dtype, shape ``(..., num_classes)``.
+      labels: the integer labels, shape ``(...)``.
+      where: the class mask broadcast to the logits' shape, or None.
+      num_classes: size of the class axis.
+      out_dtype: dtype of the per-example result (the input logits' dtype).
+    """
+
+    logits: jax.Array
+    labels: jax.Array | None
+    where: jax.Array | None
+    num_classes: int
+    out_dtype: jnp.dtype
+
+
+def prepare(
+    logits: Any,
+    labels: Any = None,
+    *,
+    axis: int = -1,
+    where: Any = None,
+    min_classes: int = 1,
+) -> Prepared:
+    """Validates logits, labels and a class mask; moves the class axis last; upcasts 16-bit floats.
+
+    Args:
+      logits: float array with the classes along ``axis``.
+      labels: integer array whose shape is the logits' shape without ``axis`` (or None for
+        functions that take no labels).
+      axis: the class axis of ``logits``.
+      where: optional boolean mask broadcastable to the logits' shape; False marks classes that take
+        no part in the loss (optax's convention).
+      min_classes: the smallest number of classes the caller can handle.
+
+    Raises:
+      TypeError: logits not floating point, labels not integer.
+      ValueError: bad axis, labels of the wrong shape, too few classes, a mask that does not
+        broadcast.
+    """
+    if not hasattr(logits, "dtype"):
+        logits = np.asarray(logits)
+    if not jnp.issubdtype(logits.dtype, jnp.floating):
+        raise TypeError(
+            f"logits must be a floating-point array, got dtype {logits.dtype}. "
+            "Cast them with .astype(jnp.float32)."
+        )
+    ndim = np.ndim(logits)
+    if ndim == 0:
+        raise ValueError("logits must have a class axis, got a scalar.")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis={axis} is out of range for logits of shape {np.shape(logits)}.")
+    axis = axis % ndim
+    num_classes = logits.shape[axis]
+    if num_classes < min_classes:
+        raise ValueError(
+            f"logits have {num_classes} classes along axis {axis} (shape {logits.shape}); "
+            f"this function needs at least {min_classes}."
+        )
+    out_dtype = jnp.dtype(logits.dtype)
+    moved = jnp.moveaxis(jnp.asarray(logits), axis, -1).astype(compute_dtype(out_dtype))
+
+    if labels is not None:
+        if not hasattr(labels, "dtype"):
+            labels = np.asarray(labels)
+        if not jnp.issubdtype(labels.dtype, jnp.integer):
+            raise TypeError(
+                f"labels must be integer class indices, got dtype {labels.dtype}. Losses whose "
+                "name does not say otherwise take integer labels, not one-hot or soft targets."
+            )
+        expected = moved.shape[:-1]
+        if tuple(labels.shape) != expected:
+            raise ValueError(
+                f"labels must have the logits' shape without the class axis: logits of shape "
+                f"{tuple(logits.shape)} with axis={axis} need labels of shape {expected}, "
+                f"got {tuple(labels.shape)}."
+            )
+        labels = jnp.asarray(labels)
+
+    if where is not None:
+        try:
+            where = jnp.broadcast_to(jnp.asarray(where), logits.shape)
+        except ValueError as error:
+            raise ValueError(
+                f"where of shape {np.shape(where)} does not broadcast to the logits' shape "
+                f"{tuple(logits.shape)}."
+            ) from error
+        if where.dtype != jnp.bool_:
+            raise TypeError(f"where must be a boolean mask, got dtype {where.dtype}.")
+        where = jnp.moveaxis(where, axis, -1)
+    return Prepared(moved, labels, where, num_classes, out_dtype)
+

@@ -1,0 +1,1 @@
+"""Metrics: top-k and balanced accuracy, expected calibration error, reliability diagrams."""

@@ -1,0 +1,6 @@
+"""Test configuration: CPU only, deterministic, quiet."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
