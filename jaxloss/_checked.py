@@ -61,7 +61,9 @@ def checked(fn: Callable) -> Callable:
             return fn(logits, labels, *args, **kwargs)
 
         errors = checkify.user_checks | checkify.nan_checks
-        error, out = checkify.checkify(body, errors=errors)(jnp.asarray(logits), jnp.asarray(labels))
+        error, out = checkify.checkify(body, errors=errors)(
+            jnp.asarray(logits), jnp.asarray(labels)
+        )
         error.throw()
         return out
 

@@ -71,7 +71,9 @@ def check_in_range(
 def check_integer(name: str, value: Any, *, lower: int | None = None, upper: int | None = None):
     """Raises unless ``value`` is a Python (or NumPy) integer in [lower, upper]; returns it as int."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be a Python int, got {value!r} of type {type(value).__name__}.")
+        raise TypeError(
+            f"{name} must be a Python int, got {value!r} of type {type(value).__name__}."
+        )
     check_in_range(name, value, lower=lower, upper=upper)
     return int(value)
 
@@ -193,4 +195,3 @@ def prepare(
             raise TypeError(f"where must be a boolean mask, got dtype {where.dtype}.")
         where = jnp.moveaxis(where, axis, -1)
     return Prepared(moved, labels, where, num_classes, out_dtype)
-

@@ -1,0 +1,152 @@
+r"""Forward+backward time and compiled memory of every loss, relative to softmax cross-entropy.
+
+Run:  python experiments/benchmark_losses.py [--groups=closed_form,...] [--repeats=50] [--json=out.json]
+
+Each row times ``jax.jit(jax.value_and_grad(lambda x: loss(x, labels).mean()))`` on fixed logits:
+the median over ``--repeats`` calls after a warm-up, ``block_until_ready`` on every call. Memory is
+the compiled executable's temporary buffer size (``memory_analysis().temp_size_in_bytes``), i.e. the
+working memory XLA allocates besides inputs and outputs. The ratio column divides by optax's
+``softmax_cross_entropy_with_integer_labels`` timed the same way on the same shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from absl import app, flags
+
+import jaxloss
+
+_GROUPS = flags.DEFINE_list("groups", None, "Case groups to run (default: all).")
+_REPEATS = flags.DEFINE_integer("repeats", 30, "Timed calls per case (median reported).")
+_JSON = flags.DEFINE_string("json", None, "Write the rows as JSON to this path.")
+
+SHAPES = ((256, 10), (256, 100), (256, 1000))
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One benchmark row: a loss ``fn(logits, labels, key) -> per-example`` on one shape."""
+
+    group: str
+    name: str
+    batch: int
+    classes: int
+    fn: Callable
+
+
+def cross_entropy(logits, labels, key):
+    del key
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def closed_form_cases() -> list[Case]:
+    counts = jnp.arange(1.0, 1001.0)
+    cases = []
+    for batch, classes in SHAPES:
+        c = counts[:classes]
+        priors = c / c.sum()
+        losses = {
+            "label_relaxation": lambda x, y, k: jaxloss.label_relaxation_loss(x, y, alpha=0.1),
+            "confidence_penalty": lambda x, y, k: jaxloss.confidence_penalty_loss(x, y, beta=0.5),
+            "softmax_focal": lambda x, y, k: jaxloss.softmax_focal_loss(x, y, gamma=2.0),
+            "balanced_softmax": lambda x, y, k, c=c: jaxloss.balanced_softmax_loss(
+                x, y, class_counts=c
+            ),
+            "logit_adjusted": lambda x, y, k, p=priors: jaxloss.logit_adjusted_loss(
+                x, y, class_priors=p
+            ),
+        }
+        cases += [Case("closed_form", n, batch, classes, f) for n, f in losses.items()]
+    return cases
+
+
+# Each loss family contributes one function returning its cases.
+CASE_GROUPS: dict[str, Callable[[], list[Case]]] = {
+    "closed_form": closed_form_cases,
+}
+
+
+def measure(fn: Callable, batch: int, classes: int, repeats: int) -> tuple[float, int]:
+    """Median milliseconds of a jitted forward+backward and its compiled temporary bytes."""
+    key = jax.random.key(0)
+    logits = 3.0 * jax.random.normal(jax.random.key(1), (batch, classes), jnp.float32)
+    labels = jax.random.randint(jax.random.key(2), (batch,), 0, classes)
+
+    def objective(x):
+        return jnp.mean(fn(x, labels, key))
+
+    step = jax.jit(jax.value_and_grad(objective))
+    compiled = step.lower(logits).compile()
+    memory = compiled.memory_analysis()
+    temp_bytes = int(getattr(memory, "temp_size_in_bytes", 0)) if memory is not None else 0
+    for _ in range(3):
+        jax.block_until_ready(compiled(logits))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(logits))
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times), temp_bytes
+
+
+def run(groups: list[str], repeats: int) -> list[dict]:
+    unknown = sorted(set(groups) - set(CASE_GROUPS))
+    if unknown:
+        raise ValueError(f"unknown groups {unknown}; choose from {sorted(CASE_GROUPS)}")
+    cases = [case for g in groups for case in CASE_GROUPS[g]()]
+    baseline = {}
+    rows = []
+    for case in cases:
+        shape = (case.batch, case.classes)
+        if shape not in baseline:
+            baseline[shape] = measure(cross_entropy, *shape, repeats)[0]
+        ms, temp = measure(case.fn, case.batch, case.classes, repeats)
+        rows.append(
+            dict(
+                group=case.group,
+                loss=case.name,
+                batch=case.batch,
+                classes=case.classes,
+                ms=ms,
+                ce_ms=baseline[shape],
+                ratio=ms / baseline[shape],
+                temp_bytes=temp,
+            )
+        )
+        print(format_row(rows[-1]), flush=True)
+    return rows
+
+
+def format_row(row: dict) -> str:
+    return (
+        f"| {row['loss']:<40} | {row['batch']:>5}x{row['classes']:<5} | {row['ms']:>9.3f} | "
+        f"{row['ce_ms']:>7.3f} | {row['ratio']:>7.1f}x | {row['temp_bytes'] / 2**20:>9.2f} |"
+    )
+
+
+def main(argv):
+    del argv
+    groups = _GROUPS.value or list(CASE_GROUPS)
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {platform.processor()}")
+    print(
+        f"| {'loss':<40} | {'shape':<11} | {'ms (f+b)':>9} | {'CE ms':>7} | {'vs CE':>8} | "
+        f"{'temp MiB':>9} |"
+    )
+    print(f"|{'-' * 42}|{'-' * 13}|{'-' * 11}|{'-' * 9}|{'-' * 10}|{'-' * 11}|")
+    rows = run(groups, _REPEATS.value)
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)
