@@ -1,7 +1,9 @@
 """jaxloss: classification losses beyond cross-entropy, for JAX and Flax."""
 
-from jaxloss import losses, metrics, ops
-from jaxloss._checked import checked
+from jaxloss import losses as losses
+from jaxloss import metrics as metrics
+from jaxloss import ops as ops
+from jaxloss._checked import checked as checked
 from jaxloss.losses import *  # noqa: F403  (the losses are the package's face)
 
 __version__ = "0.1.0"
