@@ -17,6 +17,7 @@ import numpy as np
 __all__ = [
     "Prepared",
     "check_class_vector",
+    "check_example_mask",
     "check_in_range",
     "check_integer",
     "compute_dtype",
@@ -99,6 +100,26 @@ def check_class_vector(
     else:
         check_in_range(name, values, lower=0)
     return jnp.asarray(values)
+
+
+def check_example_mask(where: Any, shape: tuple[int, ...]) -> jax.Array | None:
+    """Checks an optional per-example boolean mask and broadcasts it to ``shape`` (the labels' shape).
+
+    False marks examples that take no part (e.g. the padding of a last evaluation batch).
+    """
+    if where is None:
+        return None
+    if not hasattr(where, "dtype"):
+        where = np.asarray(where)
+    if where.dtype != jnp.bool_:
+        raise TypeError(f"where must be a boolean per-example mask, got dtype {where.dtype}.")
+    try:
+        return jnp.broadcast_to(jnp.asarray(where), shape)
+    except ValueError as error:
+        raise ValueError(
+            f"where of shape {tuple(np.shape(where))} does not broadcast to the labels' shape "
+            f"{tuple(shape)}."
+        ) from error
 
 
 @dataclasses.dataclass(frozen=True)
