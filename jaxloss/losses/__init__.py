@@ -6,4 +6,22 @@ trace time; randomness only through an explicit ``key`` (or injected noise); 16-
 float32 and returned in their own dtype.
 """
 
-__all__ = []
+from jaxloss.losses._confidence import confidence_penalty_loss, softmax_focal_loss
+from jaxloss.losses._label_relaxation import label_relaxation_loss
+from jaxloss.losses._logit_adjustment import (
+    balanced_softmax_loss,
+    logit_adjust,
+    logit_adjusted_loss,
+)
+from jaxloss.losses._registry import available_losses, get_loss
+
+__all__ = [
+    "available_losses",
+    "get_loss",
+    "balanced_softmax_loss",
+    "confidence_penalty_loss",
+    "label_relaxation_loss",
+    "logit_adjust",
+    "logit_adjusted_loss",
+    "softmax_focal_loss",
+]
