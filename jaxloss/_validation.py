@@ -20,6 +20,7 @@ __all__ = [
     "check_example_mask",
     "check_in_range",
     "check_integer",
+    "check_predictions",
     "compute_dtype",
     "prepare",
 ]
@@ -120,6 +121,26 @@ def check_example_mask(where: Any, shape: tuple[int, ...]) -> jax.Array | None:
             f"where of shape {tuple(np.shape(where))} does not broadcast to the labels' shape "
             f"{tuple(shape)}."
         ) from error
+
+
+def check_predictions(predictions: Any, labels: Any) -> tuple[jax.Array, jax.Array]:
+    """Checks integer class predictions and labels of one shape; returns both as arrays."""
+    arrays = []
+    for name, value in (("predictions", predictions), ("labels", labels)):
+        value = jnp.asarray(value)
+        if not jnp.issubdtype(value.dtype, jnp.integer):
+            raise TypeError(
+                f"{name} must be integer class indices, got dtype {value.dtype}. Take the argmax "
+                "of the logits to get predictions."
+            )
+        arrays.append(value)
+    predictions, labels = arrays
+    if predictions.shape != labels.shape:
+        raise ValueError(
+            f"predictions and labels must have the same shape, got {predictions.shape} and "
+            f"{labels.shape}."
+        )
+    return predictions, labels
 
 
 @dataclasses.dataclass(frozen=True)
