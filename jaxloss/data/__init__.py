@@ -1,0 +1,21 @@
+"""Data: embedded and tfds datasets, long-tail and label-noise transforms, batching, augmentation.
+
+Import it explicitly (``import jaxloss.data``); ``import jaxloss`` does not load it.
+"""
+
+from jaxloss.data._augment import normalize as normalize
+from jaxloss.data._augment import random_crop as random_crop
+from jaxloss.data._augment import random_flip as random_flip
+from jaxloss.data._batching import epoch_batches as epoch_batches
+from jaxloss.data._batching import steps_per_epoch as steps_per_epoch
+from jaxloss.data._constants import CIFAR10_MEAN as CIFAR10_MEAN
+from jaxloss.data._constants import CIFAR10_STD as CIFAR10_STD
+from jaxloss.data._constants import CIFAR100_MEAN as CIFAR100_MEAN
+from jaxloss.data._constants import CIFAR100_STD as CIFAR100_STD
+from jaxloss.data._dataset import Dataset as Dataset
+from jaxloss.data._dataset import class_counts as class_counts
+from jaxloss.data._load import available_datasets as available_datasets
+from jaxloss.data._load import load as load
+from jaxloss.data._transforms import long_tailed as long_tailed
+from jaxloss.data._transforms import long_tailed_counts as long_tailed_counts
+from jaxloss.data._transforms import with_label_noise as with_label_noise

@@ -1,0 +1,67 @@
+"""``load``: one entry point for the embedded and the tfds datasets."""
+
+from __future__ import annotations
+
+from jaxloss._validation import check_integer
+from jaxloss.data._dataset import Dataset
+from jaxloss.data._embedded import EMBEDDED_DATASETS, SPLITS, load_embedded
+from jaxloss.data._tfds import TFDS_DATASETS, load_tfds
+
+__all__ = ["available_datasets", "load"]
+
+
+def available_datasets() -> tuple[str, ...]:
+    """Names accepted by :func:`load`: the embedded ones first, then the tfds ones.
+
+    Example:
+      >>> available_datasets()[:2]
+      ('digits', 'iris')
+    """
+    return EMBEDDED_DATASETS + TFDS_DATASETS
+
+
+def load(
+    name: str,
+    *,
+    split: str,
+    seed: int = 0,
+    data_dir: str | None = None,
+    normalize: bool = True,
+) -> Dataset:
+    """Loads one split of a dataset into host memory.
+
+    Embedded datasets (``digits``, ``iris``, ``wine``, ``breast_cancer``) come from the files bundled
+    with scikit-learn and need no network: a stratified 60/20/20 train/validation/test split drawn
+    from ``seed``, standardized with the mean and std of the train split only. ``digits`` gives
+    (N, 8, 8, 1) images; the tables give (N, D) features.
+
+    tfds datasets (``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, ``svhn_cropped``) are read
+    with ``tfds.data_source`` from ``data_dir`` and must have been prepared beforehand (the error
+    says how). "validation" is a seeded 10 % of the official train split, "train" the other 90 %,
+    "test" the official test split. Images are float32 NHWC, scaled to [0, 1] and, when
+    ``normalize``, standardized with fixed per-channel constants.
+
+    Args:
+      name: one of :func:`available_datasets`.
+      split: "train", "validation" or "test".
+      seed: seed of the train/validation(/test) split.
+      data_dir: tfds data directory (None: tfds' default); ignored by embedded datasets.
+      normalize: tfds only; False keeps pixels in [0, 1] (e.g. to pad crops with black before
+        :func:`normalize`).
+
+    Returns:
+      A :class:`Dataset`.
+
+    Example:
+      >>> ds = load("digits", split="train")
+      >>> ds.features.shape, ds.num_classes
+      ((1078, 8, 8, 1), 10)
+    """
+    if name not in available_datasets():
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}.")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+    seed = check_integer("seed", seed, lower=0)
+    if name in EMBEDDED_DATASETS:
+        return load_embedded(name, split=split, seed=seed)
+    return load_tfds(name, split=split, seed=seed, data_dir=data_dir, normalize=normalize)

@@ -1,0 +1,72 @@
+"""Image datasets read through ``tfds.data_source`` (random access, no TensorFlow needed)."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from jaxloss.data._constants import IMAGE_STATS
+from jaxloss.data._dataset import Dataset
+
+__all__ = ["TFDS_DATASETS", "load_tfds"]
+
+TFDS_DATASETS = tuple(IMAGE_STATS)
+# Share of the official train split held out as the validation split (45k/5k on CIFAR, as in the
+# smooth top-k and noised top-k protocols).
+_VALIDATION_FRACTION = 0.1
+
+
+def _not_prepared_message(name: str, data_dir: str | None) -> str:
+    dir_flag = f" --data_dir={data_dir}" if data_dir else ""
+    dir_arg = f", data_dir={data_dir!r}" if data_dir else ""
+    return (
+        f"tfds dataset {name!r} is not prepared in the ArrayRecord format"
+        f"{' under ' + data_dir if data_dir else ' in the default tfds data_dir'}. "
+        f"On a machine with network access, prepare it with\n"
+        f"    tfds build {name} --file_format=array_record{dir_flag}\n"
+        f"or, in Python,\n"
+        f"    import tensorflow_datasets as tfds; tfds.data_source({name!r}{dir_arg})\n"
+        f"and copy the data directory here if this machine is offline."
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def _read(name: str, tfds_split: str, data_dir: str | None):
+    """All images (uint8 NHWC), labels and class names of one official split."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as err:
+        raise ImportError(
+            f"loading {name!r} needs tensorflow-datasets: pip install 'jaxloss[data]'."
+        ) from err
+    try:
+        source = tfds.data_source(name, split=tfds_split, data_dir=data_dir, download=False)
+        info = tfds.builder(name, data_dir=data_dir).info
+    except Exception as err:  # tfds reports a missing dataset in many ways, none of them clear
+        raise FileNotFoundError(_not_prepared_message(name, data_dir)) from err
+    records = source.__getitems__(range(len(source))) if len(source) else []
+    shape = info.features["image"].shape
+    images = np.stack([r["image"] for r in records]) if records else np.zeros((0, *shape), np.uint8)
+    labels = np.asarray([r["label"] for r in records], dtype=np.int32)
+    label = info.features["label"]
+    return images, labels, tuple(str(n) for n in label.names)
+
+
+def load_tfds(
+    name: str, *, split: str, seed: int, data_dir: str | None, normalize: bool
+) -> Dataset:
+    """Loads one split; "validation" is a seeded 10 % of the official train split."""
+    images, labels, names = _read(name, "test" if split == "test" else "train", data_dir)
+    if split != "test":
+        perm = np.random.default_rng(seed).permutation(len(labels))
+        n_val = int(round(_VALIDATION_FRACTION * len(labels)))
+        idx = np.sort(perm[:n_val] if split == "validation" else perm[n_val:])
+        images, labels = images[idx], labels[idx]
+    features = images.astype(np.float32) / 255.0
+    metadata = {"seed": seed}
+    if normalize:
+        mean, std = IMAGE_STATS[name]
+        features = (features - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        metadata.update(normalize_mean=mean, normalize_std=std)
+    return Dataset(features, labels, len(names), names, f"{name}/{split}", metadata)
