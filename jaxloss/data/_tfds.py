@@ -45,7 +45,8 @@ def _read(name: str, tfds_split: str, data_dir: str | None):
         info = tfds.builder(name, data_dir=data_dir).info
     except Exception as err:  # tfds reports a missing dataset in many ways, none of them clear
         raise FileNotFoundError(_not_prepared_message(name, data_dir)) from err
-    records = source.__getitems__(range(len(source))) if len(source) else []
+    # One record at a time: tfds' mock data source does not implement batched __getitems__.
+    records = [source[i] for i in range(len(source))]
     shape = info.features["image"].shape
     images = np.stack([r["image"] for r in records]) if records else np.zeros((0, *shape), np.uint8)
     labels = np.asarray([r["label"] for r in records], dtype=np.int32)

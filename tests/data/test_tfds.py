@@ -1,0 +1,69 @@
+"""tfds datasets through ``tfds.testing.mock_data``: no download, no prepared files."""
+
+import numpy as np
+import pytest
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from jaxloss import data  # noqa: E402
+from jaxloss.data import _tfds  # noqa: E402
+
+EXPECTED = {
+    "mnist": ((28, 28, 1), 10),
+    "fashion_mnist": ((28, 28, 1), 10),
+    "cifar10": ((32, 32, 3), 10),
+    "cifar100": ((32, 32, 3), 100),
+    "svhn_cropped": ((32, 32, 3), 10),
+}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    # Decoded splits are cached per (name, split, data_dir); mocks must not leak between tests.
+    _tfds._read.cache_clear()
+    yield
+    _tfds._read.cache_clear()
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_mock_loading(name):
+    shape, num_classes = EXPECTED[name]
+    # USE_CODE builds the mock from the builder's code, so it needs no metadata files.
+    with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
+        train = data.load(name, split="train", seed=1)
+        val = data.load(name, split="validation", seed=1)
+        test = data.load(name, split="test")
+        raw = data.load(name, split="test", normalize=False)
+    assert (train.num_examples, val.num_examples, test.num_examples) == (18, 2, 20)
+    for ds in (train, val, test):
+        assert ds.features.shape[1:] == shape and ds.features.dtype == np.float32
+        assert ds.num_classes == num_classes and len(ds.class_names) == num_classes
+        assert ds.labels.dtype == np.int32 and ds.labels.max() < num_classes
+    assert 0.0 <= raw.features.min() and raw.features.max() <= 1.0
+    mean = np.asarray(test.metadata["normalize_mean"], np.float32)
+    std = np.asarray(test.metadata["normalize_std"], np.float32)
+    np.testing.assert_allclose(test.features, (raw.features - mean) / std, rtol=1e-5, atol=1e-5)
+
+
+def test_validation_is_carved_from_train_by_seed():
+    with tfds.testing.mock_data(num_examples=30, policy=tfds.testing.MockPolicy.USE_CODE):
+        full = data.load("cifar10", split="train", seed=0, normalize=False)
+        n = full.num_examples + data.load("cifar10", split="validation", seed=0).num_examples
+        a = data.load("cifar10", split="validation", seed=4)
+        b = data.load("cifar10", split="validation", seed=4)
+        c = data.load("cifar10", split="validation", seed=5)
+    assert n == 30
+    np.testing.assert_array_equal(a.features, b.features)
+    assert not np.array_equal(a.features, c.features)
+
+
+def test_cifar_constants_are_used():
+    from jaxloss.data._constants import IMAGE_STATS
+
+    assert IMAGE_STATS["cifar10"] == (data.CIFAR10_MEAN, data.CIFAR10_STD)
+    assert IMAGE_STATS["cifar100"] == (data.CIFAR100_MEAN, data.CIFAR100_STD)
+
+
+def test_unprepared_dataset_names_the_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"tfds build mnist --file_format=array_record"):
+        data.load("mnist", split="train", data_dir=str(tmp_path))
