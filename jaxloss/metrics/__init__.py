@@ -14,3 +14,4 @@ from jaxloss.metrics._calibration import CalibrationBins as CalibrationBins
 from jaxloss.metrics._calibration import calibration_bins as calibration_bins
 from jaxloss.metrics._calibration import ece_from_bins as ece_from_bins
 from jaxloss.metrics._calibration import expected_calibration_error as expected_calibration_error
+from jaxloss.metrics._plots import reliability_diagram as reliability_diagram

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -47,8 +48,13 @@ def topk_accuracy(logits: Any, labels: Any, *, k: int, axis: int = -1) -> jax.Ar
     """
     prepared = _validation.prepare(logits, labels, axis=axis)
     k = _validation.check_integer("k", k, lower=1, upper=prepared.num_classes)
-    scores, labels = prepared.logits, prepared.labels
-    valid = (labels >= 0) & (labels < prepared.num_classes)
+    return _topk_hits(prepared.logits, prepared.labels, k)
+
+
+# The cores are jitted so that eager calls compile once rather than dispatching op by op.
+@functools.partial(jax.jit, static_argnames="k")
+def _topk_hits(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    valid = (labels >= 0) & (labels < scores.shape[-1])
     label_score = jnp.take_along_axis(
         scores, jnp.where(valid, labels, 0)[..., None], axis=-1
     ).squeeze(-1)
@@ -58,6 +64,7 @@ def topk_accuracy(logits: Any, labels: Any, *, k: int, axis: int = -1) -> jax.Ar
     return hit.astype(scores.dtype)
 
 
+@functools.partial(jax.jit, static_argnames="num_classes")
 def _per_class_mean(
     values: jax.Array, labels: jax.Array, num_classes: int, where: jax.Array | None
 ) -> jax.Array:
@@ -65,7 +72,7 @@ def _per_class_mean(
     keep = (labels >= 0) & (labels < num_classes)
     if where is not None:
         keep &= where
-    # Labels outside the range are dropped by segment_sum (negative ones are not wrapped).
+    # Dropped examples go to an extra segment, which segment_sum ignores.
     segments = jnp.where(keep, labels, num_classes).ravel()
     counts = jax.ops.segment_sum(keep.ravel().astype(jnp.int32), segments, num_classes)
     totals = jax.ops.segment_sum(jnp.where(keep, values, 0).ravel(), segments, num_classes)
@@ -189,6 +196,7 @@ def macro_topk_accuracy(
     return _nanmean(_per_class_mean(hits, labels, num_classes, where))
 
 
+@jax.jit
 def _nanmean(values: jax.Array) -> jax.Array:
     """Mean over the non-NaN entries; NaN (without a warning) when there is none."""
     present = ~jnp.isnan(values)

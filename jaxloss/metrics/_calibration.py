@@ -59,9 +59,10 @@ def calibration_bins(
     :math:`b` holds the confidences in :math:`[b/n, (b+1)/n)`; 1.0 goes to the last bin. The edges
     :math:`b/n` are rounded to the dtype of ``probs`` and compared exactly, so the rule is the same
     in float32 and float64: a confidence equal to ``b / n`` in its dtype goes to bin ``b`` (the
-    upper one), and the next float below it to bin ``b - 1``. (Computing ``floor(conf * n)`` in
-    float32 would round some values just below an edge up into the next bin.) Confidences below 0
-    go to the first bin and above 1 to the last.
+    upper one), and the next float below it to bin ``b - 1``. (``floor(conf * n)`` misplaces some
+    values within an ulp or two of an edge: in float32 the product can round up to ``b``, and in
+    float64 a float32 edge lies just below ``b/n``.) Confidences below 0 go to the first bin and
+    above 1 to the last.
 
     This differs from the label-relaxation seed's ``conf // (1 / n)``, which puts some confidences
     that lie exactly on an edge (e.g. 0.6 with 15 bins) one bin lower; results differ only for such
@@ -90,11 +91,20 @@ def calibration_bins(
     prepared = _validation.prepare(probs, labels, axis=axis)
     n_bins = _validation.check_integer("n_bins", n_bins, lower=1)
     where = _validation.check_example_mask(where, prepared.labels.shape)
-    probs = prepared.logits
+    edges = _bin_edges(n_bins, prepared.out_dtype)
+    return _bin_sums(prepared.logits, prepared.labels, where, edges)
+
+
+# Jitted so that eager calls compile once rather than dispatching op by op.
+@jax.jit
+def _bin_sums(
+    probs: jax.Array, labels: jax.Array, where: jax.Array | None, edges: np.ndarray
+) -> CalibrationBins:
+    n_bins = edges.shape[0] + 1
     confidence = jnp.max(probs, axis=-1)
-    correct = jnp.argmax(probs, axis=-1) == prepared.labels
-    edges = jnp.asarray(_bin_edges(n_bins, prepared.out_dtype), dtype=probs.dtype)
+    correct = jnp.argmax(probs, axis=-1) == labels
     # The number of inner edges at or below a confidence is its bin: edges go to the upper bin.
+    edges = edges.astype(probs.dtype)
     bin_index = jnp.searchsorted(edges, confidence, side="right", method="compare_all")
     keep = jnp.ones(confidence.shape, bool) if where is None else where
     # Masked examples go to an extra segment n_bins, which segment_sum drops.
@@ -135,6 +145,11 @@ def ece_from_bins(bins: CalibrationBins) -> jax.Array:
       >>> print(round(float(ece_from_bins(first.merge(second))), 4))
       0.3
     """
+    return _ece(bins)
+
+
+@jax.jit
+def _ece(bins: CalibrationBins) -> jax.Array:
     dtype = bins.confidence_sum.dtype
     total = jnp.sum(bins.count, axis=-1)
     gap = jnp.abs(bins.correct_sum.astype(dtype) - bins.confidence_sum)
@@ -173,4 +188,4 @@ def expected_calibration_error(
       >>> print(round(float(expected_calibration_error(probs, labels, n_bins=15)), 4))
       0.25
     """
-    return ece_from_bins(calibration_bins(probs, labels, n_bins=n_bins, where=where, axis=axis))
+    return _ece(calibration_bins(probs, labels, n_bins=n_bins, where=where, axis=axis))
