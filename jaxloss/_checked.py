@@ -19,7 +19,7 @@ def checked(fn: Callable) -> Callable:
     Shapes, dtypes and hyperparameters are checked at trace time by every loss. Label values are not:
     inside ``jit`` an out-of-range label is clamped or filled by JAX's gather semantics and the loss
     returns a meaningless (but finite or NaN) number. ``checked(fn)`` runs ``fn`` under
-    :mod:`jax.experimental.checkify` and raises ``JaxRuntimeError`` when a label lies outside
+    :mod:`jax.experimental.checkify` and raises ``checkify.JaxRuntimeError`` when a label lies outside
     ``[0, num_classes)``, when the logits hold NaN or Inf, or when the loss itself produces NaN.
 
     It is meant for debugging and data pipelines' sanity checks; the checks cost a reduction over the

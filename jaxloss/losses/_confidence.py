@@ -52,9 +52,10 @@ def confidence_penalty_loss(
     _validation.check_in_range("beta", beta, lower=0.0)
     inputs = _validation.prepare(logits, labels, axis=axis, where=where)
     log_probs = _softmax.log_softmax(inputs.logits, inputs.where)
-    # Masked classes have log p = -inf and p = 0; their term is 0, not 0 * inf.
-    plogp = jnp.where(jnp.isneginf(log_probs), 0.0, jnp.exp(log_probs) * log_probs)
-    entropy = -jnp.sum(plogp, axis=-1)
+    # Masked classes have p = 0 and log p = -inf: replace the log, not the product, so that
+    # neither the value nor the gradient ever forms 0 * inf.
+    finite_log_probs = jnp.where(jnp.isneginf(log_probs), 0.0, log_probs)
+    entropy = -jnp.sum(jnp.exp(log_probs) * finite_log_probs, axis=-1)
     ce = -_softmax.label_value(log_probs, inputs.labels)
     return (ce - beta * entropy).astype(inputs.out_dtype)
 

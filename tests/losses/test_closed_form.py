@@ -1,0 +1,388 @@
+"""Closed-form softmax losses against float64 NumPy oracles, limits, extremes and conventions."""
+
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy.special import logsumexp
+
+import jaxloss
+from tests import testing
+
+NUM_CLASSES = 5
+COUNTS = np.array([50.0, 20.0, 9.0, 3.0, 1.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent float64 references (class axis last), written from the papers' formulas.
+
+
+def _log_probs(z):
+    return z - logsumexp(z, axis=-1, keepdims=True)
+
+
+def _pick(values, y):
+    return np.take_along_axis(values, y[..., None], axis=-1)[..., 0]
+
+
+def ref_cross_entropy(z, y):
+    return -_pick(_log_probs(z), y)
+
+
+def ref_label_relaxation(z, y, alpha):
+    log_p = _log_probs(z)
+    log_py = _pick(log_p, y)
+    others = np.where(np.arange(z.shape[-1]) == y[..., None], -np.inf, log_p)
+    log_rest = logsumexp(others, axis=-1)
+    a = alpha
+    first = (1 - a) * (np.log(1 - a) - log_py)
+    second = a * (np.log(a) - log_rest) if a > 0 else 0.0
+    return np.where(np.exp(log_py) >= 1 - a, 0.0, first + second)
+
+
+def ref_confidence_penalty(z, y, beta):
+    log_p = _log_probs(z)
+    entropy = -np.sum(np.exp(log_p) * log_p, axis=-1)
+    return -_pick(log_p, y) - beta * entropy
+
+
+def ref_focal(z, y, gamma, alpha=None):
+    log_p = _log_probs(z)
+    p_y = np.exp(_pick(log_p, y))
+    weight = 1.0 if alpha is None else np.asarray(alpha)[y]
+    return -weight * (1 - p_y) ** gamma * np.log(p_y)
+
+
+def ref_balanced_softmax(z, y, counts):
+    scaled = np.asarray(counts) * np.exp(z - z.max(-1, keepdims=True))
+    return -np.log(_pick(scaled, y) / scaled.sum(-1))
+
+
+def ref_logit_adjusted(z, y, priors, tau):
+    return ref_cross_entropy(z + tau * np.log(priors), y)
+
+
+# name -> (jaxloss function with hyperparameters bound, oracle with the same ones bound)
+CASES = {
+    "label_relaxation": (
+        functools.partial(jaxloss.label_relaxation_loss, alpha=0.2),
+        functools.partial(ref_label_relaxation, alpha=0.2),
+    ),
+    "confidence_penalty": (
+        functools.partial(jaxloss.confidence_penalty_loss, beta=0.7),
+        functools.partial(ref_confidence_penalty, beta=0.7),
+    ),
+    "softmax_focal": (
+        functools.partial(jaxloss.softmax_focal_loss, gamma=1.5),
+        functools.partial(ref_focal, gamma=1.5),
+    ),
+    "softmax_focal_weighted": (
+        functools.partial(jaxloss.softmax_focal_loss, gamma=2.0, alpha=COUNTS / 10),
+        functools.partial(ref_focal, gamma=2.0, alpha=COUNTS / 10),
+    ),
+    "balanced_softmax": (
+        functools.partial(jaxloss.balanced_softmax_loss, class_counts=COUNTS),
+        functools.partial(ref_balanced_softmax, counts=COUNTS),
+    ),
+    "logit_adjusted": (
+        functools.partial(jaxloss.logit_adjusted_loss, class_priors=COUNTS / COUNTS.sum(), tau=0.5),
+        functools.partial(ref_logit_adjusted, priors=COUNTS / COUNTS.sum(), tau=0.5),
+    ),
+}
+NAMES = sorted(CASES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", [(7, NUM_CLASSES), (2, 3, NUM_CLASSES)])
+def test_matches_float64_oracle(name, shape):
+    fn, oracle = CASES[name]
+    z = testing.random_logits(0, shape, scale=2.0)
+    y = testing.random_labels(0, shape[:-1], NUM_CLASSES)
+    testing.assert_matches_oracle(fn, oracle, z, y)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_class_axis_first(name):
+    fn, oracle = CASES[name]
+    z = testing.random_logits(1, (NUM_CLASSES, 6))
+    y = testing.random_labels(1, (6,), NUM_CLASSES)
+    with jax.enable_x64(True):
+        got = fn(jnp.asarray(z), jnp.asarray(y), axis=0)
+    np.testing.assert_allclose(got, oracle(z.T, y), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_match_finite_differences(name):
+    fn, _ = CASES[name]
+    z = testing.random_logits(2, (4, NUM_CLASSES), scale=1.5)
+    # Put every example outside label relaxation's credal set, where the loss is smooth.
+    y = np.argmin(z, axis=-1)
+    with jax.enable_x64(True):
+        labels = jnp.asarray(y)
+    testing.check_grads_f64(lambda x: fn(x, labels), (z,), order=2, modes=("rev", "fwd"))
+
+
+def test_label_relaxation_gradient_is_p_minus_projection():
+    alpha = 0.15
+    z = testing.random_logits(3, (6, NUM_CLASSES))
+    y = np.argmin(z, axis=-1)
+    with jax.enable_x64(True):
+        grad = jax.grad(
+            lambda x: jaxloss.label_relaxation_loss(x, jnp.asarray(y), alpha=alpha).sum()
+        )(jnp.asarray(z))
+    p = np.exp(_log_probs(z))
+    p_y = _pick(p, y)
+    target = alpha * p / (1 - p_y)[:, None]
+    target[np.arange(len(y)), y] = 1 - alpha
+    np.testing.assert_allclose(grad, p - target, atol=1e-12)
+
+
+def test_label_relaxation_is_zero_with_zero_gradient_inside_the_credal_set():
+    z = jnp.array([[6.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    y = jnp.array([0, 2])
+    loss, grad = jax.value_and_grad(lambda x: jaxloss.label_relaxation_loss(x, y, alpha=0.2).sum())(
+        z
+    )
+    assert float(loss) == 0.0
+    chex.assert_trees_all_equal(grad, jnp.zeros_like(z))
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda z, y: jaxloss.label_relaxation_loss(z, y, alpha=0.0),
+        lambda z, y: jaxloss.softmax_focal_loss(z, y, gamma=0.0),
+        lambda z, y: jaxloss.confidence_penalty_loss(z, y, beta=0.0),
+        lambda z, y: jaxloss.balanced_softmax_loss(z, y, class_counts=np.full(NUM_CLASSES, 7.0)),
+        lambda z, y: jaxloss.logit_adjusted_loss(z, y, class_priors=COUNTS, tau=0.0),
+    ],
+    ids=["lr_alpha0", "focal_gamma0", "cp_beta0", "bs_uniform", "la_tau0"],
+)
+def test_limits_equal_cross_entropy(fn):
+    z = jnp.asarray(testing.random_logits(4, (8, NUM_CLASSES), dtype=np.float32))
+    y = jnp.asarray(testing.random_labels(4, (8,), NUM_CLASSES))
+    ce = optax.softmax_cross_entropy_with_integer_labels(z, y)
+    chex.assert_trees_all_close(fn(z, y), ce, rtol=1e-6, atol=1e-6)
+    chex.assert_trees_all_close(
+        jax.grad(lambda x: fn(x, y).sum())(z),
+        jax.grad(lambda x: optax.softmax_cross_entropy_with_integer_labels(x, y).sum())(z),
+        atol=1e-6,
+    )
+
+
+def test_label_relaxation_tends_to_cross_entropy_as_alpha_shrinks():
+    z = jnp.asarray(testing.random_logits(5, (8, NUM_CLASSES), dtype=np.float32))
+    y = jnp.argmin(z, axis=-1)
+    ce = optax.softmax_cross_entropy_with_integer_labels(z, y)
+    gaps = [
+        float(jnp.max(jnp.abs(jaxloss.label_relaxation_loss(z, y, alpha=a) - ce)))
+        for a in (1e-1, 1e-3, 1e-6)
+    ]
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-4
+
+
+def test_balanced_softmax_is_invariant_to_rescaling_counts():
+    z = jnp.asarray(testing.random_logits(6, (8, NUM_CLASSES), dtype=np.float32))
+    y = jnp.asarray(testing.random_labels(6, (8,), NUM_CLASSES))
+    chex.assert_trees_all_close(
+        jaxloss.balanced_softmax_loss(z, y, class_counts=COUNTS),
+        jaxloss.balanced_softmax_loss(z, y, class_counts=COUNTS / COUNTS.sum()),
+        rtol=1e-6,
+    )
+
+
+def test_logit_adjust_moves_predictions_to_rare_classes():
+    priors = COUNTS / COUNTS.sum()
+    z = jnp.zeros((NUM_CLASSES,))
+    adjusted = jaxloss.logit_adjust(z, class_priors=priors)
+    np.testing.assert_allclose(adjusted, -np.log(priors), rtol=1e-6)
+    assert int(jnp.argmax(adjusted)) == NUM_CLASSES - 1
+    z2 = jnp.asarray(testing.random_logits(7, (NUM_CLASSES, 3), dtype=np.float32))
+    chex.assert_trees_all_close(
+        jaxloss.logit_adjust(z2, class_priors=priors, tau=0.5, axis=0),
+        z2 - 0.5 * jnp.log(priors)[:, None],
+        rtol=1e-6,
+    )
+
+
+EXTREME = np.array(
+    [[1e4, 0.0, -1e4, 5.0, 1e4], [-1e4, -1e4, -1e4, -1e4, 1e4], [0.0, 0.0, 0.0, 0.0, 0.0]],
+    dtype=np.float32,
+)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("label", [0, 2, 4])
+def test_extreme_logits_float32_are_finite_and_accurate(name, label):
+    fn, oracle = CASES[name]
+    y = np.full((3,), label)
+    testing.assert_finite_value_and_grad(fn, jnp.asarray(EXTREME), jnp.asarray(y))
+    got = np.asarray(fn(jnp.asarray(EXTREME), jnp.asarray(y)), dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        want = oracle(EXTREME.astype(np.float64), y)
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bfloat16_inputs_are_computed_in_float32(name):
+    fn, _ = CASES[name]
+    z = jnp.asarray(testing.random_logits(8, (6, NUM_CLASSES), dtype=np.float32))
+    y = jnp.asarray(testing.random_labels(8, (6,), NUM_CLASSES))
+    out = fn(z.astype(jnp.bfloat16), y)
+    assert out.dtype == jnp.bfloat16
+    want = fn(z.astype(jnp.bfloat16).astype(jnp.float32), y)
+    chex.assert_trees_all_close(out.astype(jnp.float32), want, rtol=1e-2, atol=1e-2)
+    grad = jax.grad(lambda x: fn(x, y).astype(jnp.float32).sum())(z.astype(jnp.bfloat16))
+    assert grad.dtype == jnp.bfloat16
+    chex.assert_tree_all_finite(grad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_jit_and_vmap_agree_with_eager(name):
+    fn, _ = CASES[name]
+    z = jnp.asarray(testing.random_logits(9, (3, 4, NUM_CLASSES), dtype=np.float32))
+    y = jnp.asarray(testing.random_labels(9, (3, 4), NUM_CLASSES))
+    eager = fn(z, y)
+    chex.assert_shape(eager, (3, 4))
+    chex.assert_trees_all_close(jax.jit(fn)(z, y), eager, rtol=1e-6)
+    chex.assert_trees_all_close(jax.vmap(fn)(z, y), eager, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_where_mask_equals_dropping_the_class(name):
+    fn, _ = CASES[name]
+    if name in ("balanced_softmax", "logit_adjusted", "softmax_focal_weighted"):
+        pytest.skip("per-class vectors would need dropping too; covered by the unweighted losses")
+    z = testing.random_logits(10, (6, NUM_CLASSES), dtype=np.float32)
+    y = testing.random_labels(10, (6,), NUM_CLASSES - 1)
+    where = np.arange(NUM_CLASSES) < NUM_CLASSES - 1
+    masked = fn(jnp.asarray(z), jnp.asarray(y), where=jnp.asarray(where))
+    dropped = fn(jnp.asarray(z[:, :-1]), jnp.asarray(y))
+    chex.assert_trees_all_close(masked, dropped, rtol=1e-5, atol=1e-6)
+    grad = jax.grad(lambda x: fn(x, jnp.asarray(y), where=jnp.asarray(where)).sum())(jnp.asarray(z))
+    chex.assert_tree_all_finite(grad)
+    np.testing.assert_array_equal(grad[:, -1], 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs raise at trace time with a message naming the problem.
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_integer_logits_are_rejected(name):
+    fn, _ = CASES[name]
+    with pytest.raises(TypeError, match="logits must be a floating-point array"):
+        jax.jit(fn)(jnp.zeros((2, NUM_CLASSES), jnp.int32), jnp.zeros((2,), jnp.int32))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float_labels_are_rejected(name):
+    fn, _ = CASES[name]
+    with pytest.raises(TypeError, match="labels must be integer"):
+        fn(jnp.zeros((2, NUM_CLASSES)), jnp.zeros((2,)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_label_shape_mismatch_names_both_shapes(name):
+    fn, _ = CASES[name]
+    with pytest.raises(ValueError, match=r"\(2, 5\).*\(2,\).*got \(3,\)"):
+        jax.jit(fn)(jnp.zeros((2, NUM_CLASSES)), jnp.zeros((3,), jnp.int32))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            lambda z, y: jaxloss.label_relaxation_loss(z, y, alpha=1.0),
+            r"alpha must be in \[0.0, 1.0\)",
+        ),
+        (lambda z, y: jaxloss.label_relaxation_loss(z, y, alpha=-0.1), r"alpha .* got -0.1"),
+        (
+            lambda z, y: jaxloss.confidence_penalty_loss(z, y, beta=-1.0),
+            r"beta must be in \[0.0, inf\]",
+        ),
+        (lambda z, y: jaxloss.softmax_focal_loss(z, y, gamma=-2.0), r"gamma must be in"),
+        (
+            lambda z, y: jaxloss.softmax_focal_loss(z, y, alpha=-np.ones(NUM_CLASSES)),
+            r"alpha must be in \[0, inf\]",
+        ),
+        (
+            lambda z, y: jaxloss.balanced_softmax_loss(
+                z, y, class_counts=np.array([1.0, 0, 1, 1, 1])
+            ),
+            r"class_counts must be in \(0, inf\], got \[0.0\]",
+        ),
+        (
+            lambda z, y: jaxloss.balanced_softmax_loss(z, y, class_counts=np.ones(4)),
+            r"class_counts must have shape \(5,\).*got shape \(4,\)",
+        ),
+        (
+            lambda z, y: jaxloss.logit_adjusted_loss(z, y, class_priors=np.ones(5), tau=-1.0),
+            r"tau must be in",
+        ),
+        (lambda z, y: jaxloss.label_relaxation_loss(z[:, :1], y), r"at least 2"),
+        (lambda z, y: jaxloss.label_relaxation_loss(z, y, axis=2), r"axis=2 is out of range"),
+        (
+            lambda z, y: jaxloss.softmax_focal_loss(z, y, where=np.ones((3,), bool)),
+            r"where of shape \(3,\) does not broadcast",
+        ),
+    ],
+)
+def test_bad_hyperparameters_raise_value_errors(call, message):
+    with pytest.raises(ValueError, match=message):
+        call(jnp.zeros((2, NUM_CLASSES)), jnp.zeros((2,), jnp.int32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data-parallel execution gives the single-device result.
+
+
+def test_pmap_and_shard_map_on_four_devices_match_single_device():
+    out = testing.run_on_devices(
+        """
+        import functools
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        import jaxloss
+        assert jax.device_count() == 4
+        counts = np.array([50.0, 20.0, 9.0, 3.0, 1.0])
+        losses = [
+            functools.partial(jaxloss.label_relaxation_loss, alpha=0.2),
+            functools.partial(jaxloss.confidence_penalty_loss, beta=0.7),
+            functools.partial(jaxloss.softmax_focal_loss, gamma=1.5),
+            functools.partial(jaxloss.balanced_softmax_loss, class_counts=counts),
+            functools.partial(jaxloss.logit_adjusted_loss, class_priors=counts, tau=0.5),
+        ]
+        rng = np.random.default_rng(0)
+        z = jnp.asarray(3 * rng.standard_normal((8, 5)), jnp.float32)
+        y = jnp.asarray(rng.integers(0, 5, 8))
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+        for fn in losses:
+            def mean_loss(z, y):
+                return jnp.mean(fn(z, y))
+            ref_val, ref_grad = jax.value_and_grad(mean_loss)(z, y)
+            def per_device(z, y):
+                val, grad = jax.value_and_grad(mean_loss)(z, y)
+                return jax.lax.pmean(val, "data"), grad / 4
+            pv, pg = jax.pmap(per_device, axis_name="data")(z.reshape(4, 2, 5), y.reshape(4, 2))
+            sv, sg = jax.jit(jax.shard_map(
+                per_device, mesh=mesh, in_specs=(P("data"), P("data")), out_specs=(P(), P("data"))
+            ))(z, y)
+            jv, jg = jax.jit(jax.value_and_grad(mean_loss))(
+                jax.device_put(z, NamedSharding(mesh, P("data"))),
+                jax.device_put(y, NamedSharding(mesh, P("data"))),
+            )
+            for val, grad in ((pv[0], pg.reshape(8, 5)), (sv, sg), (jv, jg)):
+                np.testing.assert_allclose(val, ref_val, rtol=1e-5)
+                np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-7)
+        print("ok", len(losses))
+        """
+    )
+    assert "ok 5" in out
