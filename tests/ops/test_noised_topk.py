@@ -1,0 +1,255 @@
+"""Tests of jaxloss.ops.noised_topk: exact expectations, injected noise, ε = 0, axes, gradients."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from jaxloss.ops import noised_topk
+from jaxloss.ops._noised_topk import _standard_normal
+from tests import testing
+
+
+def exact_smoothed_kth(s, k: int, epsilon: float):
+    """E[k-th largest of s + εZ] and P(entry i is the k-th largest), by float64 quadrature.
+
+    Entry i is k-th at level t when Y_i = t and exactly k - 1 of the others exceed t; that count is
+    Poisson-binomial, computed by a DP over the other entries (spec §1.1). Simpson's rule on
+    t ∈ top_k(s) ± 9ε with 2001 points (converged to < 1e-9 per the spec).
+    """
+    s = np.asarray(s, np.float64)
+    center = np.sort(s)[::-1][k - 1]
+    t = np.linspace(center - 9 * epsilon, center + 9 * epsilon, 2001)
+    exceed = stats.norm.sf((t[None, :] - s[:, None]) / epsilon)  # P(Y_j > t), shape (C, T)
+    density = stats.norm.pdf((t[None, :] - s[:, None]) / epsilon) / epsilon
+    probs, value = [], 0.0
+    for i in range(len(s)):
+        counts = np.zeros((k, t.size))  # counts[j] = P(exactly j of the others exceed t), j < k
+        counts[0] = 1.0
+        for j in np.delete(np.arange(len(s)), i):
+            shifted = np.vstack([np.zeros((1, t.size)), counts[:-1]])
+            counts = counts * (1 - exceed[j]) + shifted * exceed[j]
+        weight = density[i] * counts[k - 1]
+        probs.append(integrate.simpson(weight, x=t))
+        value += integrate.simpson(t * weight, x=t)
+    return value, np.array(probs)
+
+
+def numpy_noised_topk(x, noise, k, epsilon, axis):
+    """Brute force with a full sort: the mean k-th largest and d(sum of it)/dx (counts / S)."""
+    axis = axis % np.ndim(x)
+    x = np.moveaxis(np.asarray(x, np.float64), axis, -1)
+    noise = np.moveaxis(np.asarray(noise, np.float64), axis, -2)  # (..., C, S)
+    y = x[..., None] + epsilon * noise
+    order = np.argsort(-y, axis=-2, kind="stable")
+    picked = np.take_along_axis(order, np.full((*y.shape[:-2], 1, y.shape[-1]), k - 1), -2)
+    value = np.take_along_axis(y, picked, -2)[..., 0, :].mean(-1)
+    grad = (picked == np.arange(x.shape[-1])[:, None]).mean(-1)
+    return value, np.moveaxis(grad, -1, axis)
+
+
+_value_and_grad = jax.jit(
+    jax.value_and_grad(
+        lambda x, noise, k, epsilon, axis: jnp.sum(
+            noised_topk(x, k=k, epsilon=epsilon, n_samples=noise.shape[-1], noise=noise, axis=axis)
+        )
+    ),
+    static_argnames=("k", "axis"),
+)
+
+
+@jax.jit
+def _mc_estimates(keys, x, epsilon):
+    """Value and gradient of the k=2 smoothing of one row, one estimate per key (S = 2000)."""
+
+    def one(key):
+        return jax.value_and_grad(
+            lambda x: noised_topk(x, k=2, epsilon=epsilon, n_samples=2000, key=key)
+        )(x)
+
+    return jax.vmap(one)(keys)
+
+
+def test_oracle_matches_the_spec_reference():
+    # Exact values recorded in the spec (independent integration, checked against 2e6 draws).
+    v0, p0 = exact_smoothed_kth([-1.5, 2.0, 0.7, 3.8], 3, 1.0)
+    v1, p1 = exact_smoothed_kth([-1.1, -5.4, 0.1, 2.3], 3, 1.0)
+    np.testing.assert_allclose([v0, v1], [0.597243, -1.256768], atol=2e-6)
+    np.testing.assert_allclose(p0, [0.0608, 0.1740, 0.7581, 0.0071], atol=1e-4)
+    np.testing.assert_allclose(p1, [0.7985, 0.0012, 0.1969, 0.0034], atol=1e-4)
+    np.testing.assert_allclose(p0.sum(), 1.0, atol=1e-9)
+
+
+@pytest.mark.parametrize("epsilon", [0.5, 2.0])
+def test_monte_carlo_matches_the_exact_expectation(epsilon):
+    x = np.array([0.3, -0.2, 1.1, 0.9, -1.5], np.float32)
+    values, grads = _mc_estimates(jax.random.split(jax.random.key(3), 40), x, epsilon)
+    exact_value, exact_p = exact_smoothed_kth(x, 2, epsilon)
+    n = values.shape[0]
+    value_se = np.std(values) / np.sqrt(n)
+    assert abs(np.mean(values) - exact_value) < 4 * value_se + 1e-5
+    # Var(ĝ_j) = p_j (1 - p_j) / S per key: the standard error of the mean of n keys.
+    grad_se = np.sqrt(exact_p * (1 - exact_p) / (2000 * n))
+    np.testing.assert_array_less(np.abs(np.mean(grads, 0) - exact_p), 4 * grad_se + 1e-5)
+    np.testing.assert_allclose(np.asarray(grads).sum(-1), 1.0, rtol=1e-5)
+
+
+def test_equal_entries_give_uniform_gradient_and_order_statistic():
+    # All-equal s: φ = s + ε E[2nd largest of 5 N(0,1)] and p_j = 1/C (spec §1.1 properties).
+    x = np.full(5, 0.7, np.float32)
+    values, grads = _mc_estimates(jax.random.split(jax.random.key(4), 40), x, 1.0)
+    order_stat = integrate.quad(
+        lambda z: z * 20 * stats.norm.pdf(z) * stats.norm.sf(z) * stats.norm.cdf(z) ** 3,
+        -np.inf,
+        np.inf,
+    )[0]
+    se = np.std(values) / np.sqrt(values.shape[0])
+    assert abs(np.mean(values) - (0.7 + order_stat)) < 4 * se
+    np.testing.assert_allclose(np.mean(grads, 0), 0.2, atol=4 * np.sqrt(0.16 / 80_000))
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_injected_noise_matches_numpy(k):
+    x = testing.random_logits(0, (4, 6), dtype=np.float32)
+    noise = np.random.default_rng(1).standard_normal((4, 6, 7)).astype(np.float32)
+    value, grad = _value_and_grad(x, noise, k, 0.8, -1)
+    want_value, want_grad = numpy_noised_topk(x, noise, k, 0.8, -1)
+    np.testing.assert_allclose(
+        noised_topk(x, k=k, epsilon=0.8, n_samples=7, noise=noise), want_value, rtol=1e-6
+    )
+    np.testing.assert_allclose(value, want_value.sum(), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-6)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1, -2, -3])
+def test_every_axis_of_a_3d_input(axis):
+    x = testing.random_logits(2, (3, 4, 5), dtype=np.float32)
+    noise = np.random.default_rng(3).standard_normal((3, 4, 5, 6)).astype(np.float32)
+    out = noised_topk(x, k=2, epsilon=0.5, n_samples=6, noise=noise, axis=axis)
+    want_value, want_grad = numpy_noised_topk(x, noise, 2, 0.5, axis)
+    chex.assert_shape(out, np.delete(np.array(x.shape), axis % 3).tolist())
+    np.testing.assert_allclose(out, want_value, rtol=1e-6)
+    np.testing.assert_allclose(_value_and_grad(x, noise, 2, 0.5, axis)[1], want_grad, rtol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 4, 7])
+def test_epsilon_zero_is_the_exact_kth_largest(k):
+    x = testing.random_logits(5, (3, 7), dtype=np.float32)
+    value, grad = jax.value_and_grad(lambda x: noised_topk(x, k=k, epsilon=0.0).sum())(x)
+    order = np.argsort(-x, axis=-1)
+    np.testing.assert_array_equal(noised_topk(x, k=k, epsilon=0.0), -np.sort(-x, axis=-1)[:, k - 1])
+    np.testing.assert_allclose(value, np.sort(x, -1)[:, -k].sum(), rtol=1e-6)
+    np.testing.assert_array_equal(grad, np.eye(7)[order[:, k - 1]])
+
+
+def test_key_draws_are_deterministic_and_fresh_keys_differ():
+    x = testing.random_logits(6, (8, 10), dtype=np.float32)
+    a = noised_topk(x, k=2, key=jax.random.key(0))
+    np.testing.assert_array_equal(a, noised_topk(x, k=2, key=jax.random.key(0)))
+    assert not np.allclose(a, noised_topk(x, k=2, key=jax.random.key(1)))
+
+
+def test_standard_normal_draws_are_normal_and_uncorrelated():
+    z = np.asarray(_standard_normal(jax.random.key(0), (64, 8, 400)), np.float64)
+    flat = z.ravel()
+    assert abs(flat.mean()) < 4 / np.sqrt(flat.size)
+    assert abs(flat.var() - 1) < 4 * np.sqrt(2 / flat.size)
+    assert stats.kstest(flat, "norm").pvalue > 1e-3
+    # Neighbours along every axis (consecutive counters) and across keys are uncorrelated.
+    bound = 4 / np.sqrt(flat.size / 2)
+    for axis in range(3):
+        a, b = np.swapaxes(z, axis, -1)[..., :-1], np.swapaxes(z, axis, -1)[..., 1:]
+        assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < bound
+    other = np.asarray(_standard_normal(jax.random.key(1), z.shape)).ravel()
+    assert abs(np.corrcoef(flat, other)[0, 1]) < bound
+    chex.assert_tree_all_finite(z)
+
+
+def test_shift_equivariance_and_epsilon_scaling():
+    x = testing.random_logits(7, (5, 6), dtype=np.float64)
+    noise = np.random.default_rng(8).standard_normal((5, 6, 9))
+    with jax.enable_x64(True):
+        base = noised_topk(x, k=3, epsilon=0.7, n_samples=9, noise=noise)
+        shifted = noised_topk(x + 2.5, k=3, epsilon=0.7, n_samples=9, noise=noise)
+        np.testing.assert_allclose(shifted, base + 2.5, rtol=1e-12)
+        unit = noised_topk(x / 0.7, k=3, epsilon=1.0, n_samples=9, noise=noise)
+        np.testing.assert_allclose(base, 0.7 * unit, rtol=1e-12)
+        # Non-decreasing in every entry: the gradient is a probability vector per row.
+        _, grad = _value_and_grad(x, noise, 3, 0.7, -1)
+        assert np.all(np.asarray(grad) >= 0)
+        np.testing.assert_allclose(np.sum(grad, -1), 1.0)
+
+
+def test_gradients_of_x_epsilon_and_noise_match_finite_differences():
+    x = testing.random_logits(9, (3, 5))
+    noise = np.random.default_rng(10).standard_normal((3, 5, 4))
+
+    def fn(x, epsilon, noise):
+        return noised_topk(x, k=2, epsilon=epsilon, n_samples=4, noise=noise)
+
+    testing.check_grads_f64(fn, (x, np.float64(0.9), noise))
+
+
+def test_per_example_gradients():
+    x = testing.random_logits(11, (6, 5), dtype=np.float32)
+    noise = np.random.default_rng(12).standard_normal((6, 5, 8)).astype(np.float32)
+    per_example = jax.vmap(
+        jax.grad(lambda x, z: noised_topk(x, k=2, epsilon=1.0, n_samples=8, noise=z))
+    )(x, noise)
+    np.testing.assert_allclose(per_example, _value_and_grad(x, noise, 2, 1.0, -1)[1], rtol=1e-6)
+    keys = jax.random.split(jax.random.key(0), 6)
+    grads = jax.vmap(jax.grad(lambda x, key: noised_topk(x, k=2, n_samples=8, key=key)))(x, keys)
+    np.testing.assert_allclose(np.sum(grads, -1), 1.0, rtol=1e-6)
+
+
+def test_where_excludes_entries():
+    x = testing.random_logits(13, (4, 6), dtype=np.float32)
+    where = np.array([True, False, True, True, False, True])
+    noise = np.random.default_rng(14).standard_normal((4, 6, 3)).astype(np.float32)
+    got = noised_topk(x, k=2, epsilon=0.5, n_samples=3, noise=noise, where=where)
+    want, _ = numpy_noised_topk(x[:, where], noise[:, where], 2, 0.5, -1)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    grad = jax.grad(lambda x: noised_topk(x, k=2, key=jax.random.key(0), where=where).sum())(x)
+    np.testing.assert_array_equal(np.asarray(grad)[:, ~where], 0.0)
+
+
+def test_dtypes_and_extreme_inputs():
+    x = testing.random_logits(15, (3, 8), dtype=np.float32)
+    out = noised_topk(jnp.asarray(x, jnp.bfloat16), k=2, key=jax.random.key(0))
+    assert out.dtype == jnp.bfloat16
+    with jax.enable_x64(True):
+        assert noised_topk(x.astype(np.float64), k=2, key=jax.random.key(0)).dtype == jnp.float64
+    big = 1e4 * np.sign(x)
+    for epsilon in (0.0, 1e-3, 1.0):
+        testing.assert_finite_value_and_grad(
+            noised_topk, big, k=3, epsilon=epsilon, key=jax.random.key(0)
+        )
+    hard = jax.jit(lambda x: noised_topk(x, k=8, epsilon=0.0))
+    np.testing.assert_array_equal(hard(big), np.min(big, -1))
+
+
+def test_bad_inputs_raise():
+    x = np.zeros((2, 4), np.float32)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="k must be in"):
+        noised_topk(x, k=5, key=key)
+    with pytest.raises(ValueError, match="k must be in"):
+        noised_topk(x, k=0, key=key)
+    with pytest.raises(TypeError, match="k must be a Python int"):
+        noised_topk(x, k=2.0, key=key)
+    with pytest.raises(ValueError, match="epsilon must be in"):
+        noised_topk(x, k=2, epsilon=-0.1, key=key)
+    with pytest.raises(ValueError, match="n_samples must be in"):
+        noised_topk(x, k=2, n_samples=0, key=key)
+    with pytest.raises(ValueError, match="either key or noise"):
+        noised_topk(x, k=2, key=key, noise=np.zeros((2, 4, 5)))
+    with pytest.raises(ValueError, match="needs a PRNG key or injected noise"):
+        noised_topk(x, k=2)
+    with pytest.raises(ValueError, match="noise must have shape"):
+        noised_topk(x, k=2, noise=np.zeros((2, 4, 3)))
+    with pytest.raises(TypeError, match="floating-point"):
+        noised_topk(np.zeros((2, 4), np.int32), k=2, key=key)
