@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxloss import _validation
 
@@ -185,11 +186,11 @@ def macro_topk_accuracy(
     """
     hits = topk_accuracy(logits, labels, k=k, axis=axis)
     num_classes = _validation.check_integer("num_classes", num_classes, lower=1)
-    class_axis_size = logits.shape[axis]
+    class_axis_size = np.shape(logits)[axis]
     if num_classes != class_axis_size:
         raise ValueError(
             f"num_classes={num_classes} does not match the {class_axis_size} classes along axis "
-            f"{axis} of the logits (shape {tuple(logits.shape)})."
+            f"{axis} of the logits (shape {np.shape(logits)})."
         )
     labels = jnp.asarray(labels)
     where = _validation.check_example_mask(where, labels.shape)
