@@ -1,0 +1,268 @@
+"""Positive-orthant probability of N(mu, I + 11^T): Genz's estimator and a quadrature rule."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.scipy import special
+
+from jaxloss import _validation
+
+__all__ = ["gaussian_orthant_probability"]
+
+_SQRT2 = math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+# Draws are clipped to [-5, 5] as in the reference: erfinv(+-1) is infinite.
+_DRAW_CLIP = 5.0
+# Channels j > i still equal the base channel at step i, so the steps are cut into blocks and
+# block c only carries the channels born before its end: about (1 + 1/_BLOCKS)/2 of the full work.
+# Blocks are at least _MIN_BLOCK steps long, to keep short rows to one compiled loop.
+_BLOCKS = 8
+_MIN_BLOCK = 8
+# Gauss-Hermite rule of the quadrature (weight exp(-t^2/2)): the nodes whose weight is below 1e-17
+# are dropped (52 of 96 are kept); against 200 nodes the error is <= 1e-12 except for long rows
+# of near ties (1e-8 for 99 entries within +-0.1 of each other).
+_QUADRATURE_NODES = 96
+_QUADRATURE_MIN_WEIGHT = 1e-17
+_METHODS = ("genz", "quadrature")
+
+
+def _cholesky_constants(dim: int, dtype) -> tuple[jax.Array, jax.Array]:
+    """Diagonal l_i and sub-diagonal column value alpha_i of the Cholesky factor of I + 11^T."""
+    i = np.arange(dim, dtype=np.float64)
+    diagonal = np.sqrt((i + 2.0) / (i + 1.0))
+    below = 1.0 / np.sqrt((i + 1.0) * (i + 2.0))
+    return jnp.asarray(diagonal, dtype), jnp.asarray(below, dtype)
+
+
+def _genz_block(state, mu, uniforms, diagonal, below, start: int):
+    """Runs steps ``start .. start + len(mu) - 1`` of the estimator on every carried channel.
+
+    ``state`` holds the partial sums S and the running products of shape (channels + 1, N, B): the
+    gradient channels 0..channels-1 and the base channel last. Channel j differs from the base only
+    from step j on: there its factor is the density of the limit and its draw is pinned to it.
+    """
+    num_channels = state[0].shape[0] - 1
+    channel = lax.broadcasted_iota(jnp.int32, (num_channels + 1, 1, 1), 0)
+
+    def step(carry, inputs):
+        partial_sum, product = carry
+        i, mu_i, u_i, l_i, alpha_i = inputs
+        limit = -(mu_i + partial_sum) / l_i
+        # float32 erf can land one rounding step outside [-1, 1], where erfinv is NaN.
+        e = jnp.clip(lax.erf(limit / _SQRT2), -1.0, 1.0)
+        # The channel born at this step still equals the base channel (the last one).
+        born = channel == i
+        born_limit = limit[-1]
+        density = jnp.exp(-0.5 * born_limit * born_limit) * (_INV_SQRT_2PI / l_i)
+        factor = jnp.where(born, density, 0.5 * (1.0 - e))
+        draw = jnp.where(born, born_limit, _SQRT2 * lax.erf_inv(e + u_i * (1.0 - e)))
+        draw = jnp.clip(draw, -_DRAW_CLIP, _DRAW_CLIP)
+        return (partial_sum + alpha_i * draw, product * factor), None
+
+    steps = jnp.arange(start, start + mu.shape[0], dtype=jnp.int32)
+    state, _ = lax.scan(step, state, (steps, mu, uniforms, diagonal, below))
+    return state
+
+
+def _genz_estimate(mu: jax.Array, uniforms: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """P and its gradient estimate for ascending ``mu`` (B, k) driven by ``uniforms`` (k, N, B)."""
+    batch, dim = mu.shape
+    if dim == 1:
+        # One constraint: P = Phi(mu / sqrt(2)) exactly.
+        x = mu / _SQRT2
+        return special.ndtr(x[:, 0]), jnp.exp(-0.5 * x * x) * (_INV_SQRT_2PI / _SQRT2)
+    samples = uniforms.shape[1]
+    diagonal, below = _cholesky_constants(dim, mu.dtype)
+    mu_steps = mu.T
+    base = jnp.zeros((1, samples, batch), mu.dtype), jnp.ones((1, samples, batch), mu.dtype)
+    done = base[0][:0], base[1][:0]
+    size = max(-(-dim // _BLOCKS), _MIN_BLOCK)
+    for start in range(0, dim, size):
+        stop = min(start + size, dim)
+        new = stop - start
+        state = tuple(
+            jnp.concatenate([d, jnp.broadcast_to(b, (new + 1, samples, batch))])
+            for d, b in zip(done, base, strict=True)
+        )
+        sl = slice(start, stop)
+        state = _genz_block(state, mu_steps[sl], uniforms[sl], diagonal[sl], below[sl], start)
+        done = tuple(s[:stop] for s in state)
+        base = tuple(s[stop:] for s in state)
+    probability = jnp.mean(base[1][0], axis=0)
+    gradient = jnp.mean(done[1], axis=1).T
+    return probability, gradient
+
+
+@jax.custom_vjp
+def _genz(mu: jax.Array, uniforms: jax.Array) -> jax.Array:
+    return _genz_estimate(mu, uniforms)[0]
+
+
+def _genz_fwd(mu, uniforms):
+    probability, gradient = _genz_estimate(mu, uniforms)
+    # The residual is the estimator's own gradient channels, not a derivative of the forward draw.
+    return probability, (gradient, uniforms)
+
+
+def _genz_bwd(residuals, cotangent):
+    gradient, uniforms = residuals
+    return gradient * cotangent[:, None], jnp.zeros_like(uniforms)
+
+
+_genz.defvjp(_genz_fwd, _genz_bwd)
+
+
+@functools.cache
+def _hermite_rule(num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    nodes, weights = np.polynomial.hermite_e.hermegauss(num_nodes)
+    weights = weights * _INV_SQRT_2PI
+    keep = weights > _QUADRATURE_MIN_WEIGHT
+    return nodes[keep], np.log(weights[keep])
+
+
+def _log_normal_pdf(x):
+    return -0.5 * x * x - 0.5 * math.log(2.0 * math.pi)
+
+
+def _quadrature_estimate(mu: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """P and dP/dmu from P = int phi(t) prod_k Phi(mu_k + t) dt, by Gauss-Hermite quadrature."""
+    nodes, log_weights = _hermite_rule(_QUADRATURE_NODES)
+    x = mu[:, None, :] + jnp.asarray(nodes, mu.dtype)[:, None]
+    log_cdf = special.log_ndtr(x)
+    # log of w_q * prod_k Phi(mu_k + t_q), per row and node.
+    log_terms = jnp.asarray(log_weights, mu.dtype) + jnp.sum(log_cdf, axis=-1)
+    probability = jnp.sum(jnp.exp(log_terms), axis=-1)
+    # dP/dmu_j replaces Phi(mu_j + t) by phi(mu_j + t): multiply by the inverse Mills ratio.
+    gradient = jnp.einsum("bq,bqk->bk", jnp.exp(log_terms), jnp.exp(_log_normal_pdf(x) - log_cdf))
+    return probability, gradient
+
+
+@jax.custom_vjp
+def _quadrature(mu: jax.Array) -> jax.Array:
+    return _quadrature_estimate(mu)[0]
+
+
+def _quadrature_fwd(mu):
+    probability, gradient = _quadrature_estimate(mu)
+    return probability, gradient
+
+
+def _quadrature_bwd(gradient, cotangent):
+    return (gradient * cotangent[:, None],)
+
+
+_quadrature.defvjp(_quadrature_fwd, _quadrature_bwd)
+
+
+def gaussian_orthant_probability(
+    mu: Any,
+    *,
+    key: jax.Array | None = None,
+    sample_size: int = 16,
+    uniforms: Any = None,
+    truncate: int | None = None,
+    method: str = "genz",
+) -> jax.Array:
+    r"""Probability that :math:`\mu + w` is positive in every entry, for :math:`w \sim N(0, I + 11^T)`.
+
+    .. math::
+
+      P(\mu) = \Pr(\mu + w > 0) = \int \varphi(t) \prod_{k=1}^{D} \Phi(\mu_k + t)\, dt,
+      \qquad w \sim \mathcal{N}(0, I_D + \mathbf{1}\mathbf{1}^\top).
+
+    This is the probability that class :math:`y` wins when every logit gets independent standard
+    Gaussian noise and :math:`\mu_k = z_y - z_k` (the EXACT loss). ``method="genz"`` is the
+    reference's Monte-Carlo estimator: the entries are sorted ascending (stable), the variables are
+    separated through the closed-form Cholesky factor of :math:`I + 11^T`, and each of the
+    ``sample_size`` samples is a product of truncated-normal probabilities. Its gradient is a
+    second, unbiased estimator computed in the same pass (one channel per entry, sharing the
+    uniforms) and returned through a custom VJP: it is *not* the derivative of the forward
+    estimate at fixed uniforms. Memory is :math:`O(N \cdot B \cdot D)`, time
+    :math:`O(N \cdot B \cdot D^2)`. A single entry (``D = 1``, or ``truncate=1``) is computed
+    exactly, :math:`\Phi(\mu/\sqrt 2)`. As in the reference, factors below float precision make
+    hopeless rows exactly 0 with a zero gradient.
+
+    ``method="quadrature"`` evaluates the 1-D integral above with 96 Gauss-Hermite nodes in log
+    space: deterministic, accurate to ~1e-12 in float64, :math:`O(B \cdot D)` and differentiable
+    (exact gradient), and tiny probabilities stay positive.
+
+    Args:
+      mu: float array of shape ``(..., D)``; the constraints are along the last axis.
+      key: PRNG key for the uniforms (``method="genz"`` with more than one entry, unless
+        ``uniforms`` is given).
+      sample_size: number of samples N of the Genz estimator.
+      uniforms: optional uniforms in [0, 1) of shape ``(k, N, ...)`` (k = D, or ``truncate``)
+        that replace the draw; row i drives the i-th smallest entry of ``mu`` (stable sort), so a
+        run can be reproduced exactly across frameworks.
+      truncate: if given, only the ``truncate`` smallest entries of each row are integrated (the
+        others count as certainly positive): an upper bound on P at a fraction of the cost.
+      method: ``"genz"`` or ``"quadrature"``.
+
+    Returns:
+      The probability, shape ``mu.shape[:-1]``, in ``mu``'s dtype.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxloss.ops import gaussian_orthant_probability
+      >>> mu = jnp.array([[0.0, 0.0], [2.0, -1.0]])
+      >>> p = gaussian_orthant_probability(mu, method="quadrature")
+      >>> print(f"{p[0]:.4f} {p[1]:.4f}")
+      0.3333 0.2372
+      >>> p = gaussian_orthant_probability(mu, key=jax.random.key(0), sample_size=4096)
+      >>> print(f"{p[0]:.2f} {p[1]:.2f}")
+      0.33 0.24
+
+    References:
+      Genz, "Numerical computation of multivariate normal probabilities", Journal of
+      Computational and Graphical Statistics 1(2), 1992.
+
+      Karpukhin, Dereka and Kolesnikov, "EXACT: How to Train Your Accuracy", Pattern Recognition
+      Letters, 2024.
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}.")
+    prepared = _validation.prepare(mu, min_classes=1)
+    mu, out_dtype = prepared.logits, prepared.out_dtype
+    batch_shape, dim = mu.shape[:-1], mu.shape[-1]
+    k = (
+        dim
+        if truncate is None
+        else min(_validation.check_integer("truncate", truncate, lower=1), dim)
+    )
+    rows = mu.reshape(-1, dim)
+    if k < dim or method == "genz":
+        order = jnp.argsort(lax.stop_gradient(rows), axis=-1, stable=True)[:, :k]
+        rows = jnp.take_along_axis(rows, order, axis=-1)
+    if method == "quadrature":
+        return _quadrature(rows).reshape(batch_shape).astype(out_dtype)
+
+    if uniforms is not None:
+        uniforms = jnp.asarray(uniforms)
+        if uniforms.ndim < 2 or uniforms.shape[0] != k or uniforms.shape[2:] != batch_shape:
+            raise ValueError(
+                f"uniforms must have shape (k, N, *batch) = ({k}, N, "
+                f"{', '.join(map(str, batch_shape))}) for mu of shape {mu.shape}"
+                f"{'' if truncate is None else f' and truncate={truncate}'}, "
+                f"got {uniforms.shape}."
+            )
+        uniforms = uniforms.astype(mu.dtype)
+    else:
+        samples = _validation.check_integer("sample_size", sample_size, lower=1)
+        if k == 1:
+            uniforms = jnp.zeros((1, 1, *batch_shape), mu.dtype)
+        elif key is None:
+            raise ValueError(
+                "key is required by method='genz' with more than one entry per row (or pass "
+                "uniforms, or use method='quadrature'); got key=None."
+            )
+        else:
+            uniforms = jax.random.uniform(key, (k, samples, *batch_shape), mu.dtype)
+    flat_uniforms = uniforms.reshape(k, uniforms.shape[1], -1)
+    return _genz(rows, flat_uniforms).reshape(batch_shape).astype(out_dtype)

@@ -1,0 +1,235 @@
+"""Tests of the Gaussian positive-orthant probability (Genz estimator and quadrature)."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import special, stats
+
+from jaxloss.ops import gaussian_orthant_probability
+from tests import testing
+
+
+def genz_numpy(mu, uniforms):
+    """The Genz scheme written out channel by channel in float64, one row at a time.
+
+    Returns P (B,) and the gradient estimates (B, D) in the original (unsorted) entry order.
+    """
+    mu = np.asarray(mu, np.float64)
+    uniforms = np.asarray(uniforms, np.float64)
+    batch, dim = mu.shape
+    k = uniforms.shape[0]
+    chol = np.linalg.cholesky(np.eye(k) + np.ones((k, k)))
+    probability = np.zeros(batch)
+    gradient = np.zeros((batch, dim))
+    for b in range(batch):
+        order = np.argsort(mu[b], kind="stable")[:k]
+        m = mu[b, order]
+        for channel in range(k + 1):
+            w = np.zeros((k, uniforms.shape[1]))
+            product = np.ones(uniforms.shape[1])
+            for i in range(k):
+                limit = -(m[i] + chol[i, :i] @ w[:i]) / chol[i, i]
+                if i == channel:
+                    product *= stats.norm.pdf(limit) / chol[i, i]
+                    w[i] = np.clip(limit, -5, 5)
+                else:
+                    e = special.erf(limit / math.sqrt(2))
+                    product *= (1 - e) / 2
+                    draw = math.sqrt(2) * special.erfinv(e + uniforms[i, :, b] * (1 - e))
+                    w[i] = np.clip(draw, -5, 5)
+            if channel == k:
+                probability[b] = product.mean()
+            else:
+                gradient[b, order[channel]] = product.mean()
+    return probability, gradient
+
+
+def quadrature_numpy(mu):
+    """P by adaptive integration of int phi(t) prod Phi(mu_k + t) dt (scipy.integrate.quad)."""
+    from scipy import integrate
+
+    return np.array(
+        [
+            integrate.quad(
+                lambda t, m=m: stats.norm.pdf(t) * np.prod(stats.norm.cdf(m + t)),
+                -np.inf,
+                np.inf,
+                epsabs=1e-14,
+                epsrel=1e-12,
+            )[0]
+            for m in np.asarray(mu, np.float64)
+        ]
+    )
+
+
+def _value_and_grad(mu, **kwargs):
+    return jax.value_and_grad(lambda x: jnp.sum(gaussian_orthant_probability(x, **kwargs)))(mu)
+
+
+_genz_value_and_grad = jax.jit(lambda mu, u: _value_and_grad(mu, uniforms=u))
+_genz_truncated = jax.jit(lambda mu, u: _value_and_grad(mu, uniforms=u, truncate=3))
+_quadrature_value_and_grad = jax.jit(lambda mu: _value_and_grad(mu, method="quadrature"))
+
+
+def _test_rows(seed, batch=4, dim=6):
+    mu = testing.random_logits(seed, (batch, dim), scale=1.5)
+    mu[0, :3] = mu[0, 3]  # ties: the stable sort decides which entry each uniform row drives
+    mu[1] -= 2.0
+    return mu
+
+
+@pytest.mark.parametrize("dtype, atol", [(np.float64, 1e-12), (np.float32, 2e-6)])
+def test_genz_matches_independent_numpy_scheme(dtype, atol):
+    mu = _test_rows(0).astype(dtype)
+    u = np.random.default_rng(1).uniform(size=(6, 8, 4)).astype(dtype)
+    want_p, want_g = genz_numpy(mu, u)
+    with jax.enable_x64(dtype == np.float64):
+        p, g = _genz_value_and_grad(mu, u)
+        assert p.dtype == dtype
+    np.testing.assert_allclose(p, want_p.sum(), atol=4 * atol, rtol=0)
+    per_row = jax.jit(lambda mu, u: gaussian_orthant_probability(mu, uniforms=u))
+    with jax.enable_x64(dtype == np.float64):
+        np.testing.assert_allclose(per_row(mu, u), want_p, atol=atol, rtol=0)
+    np.testing.assert_allclose(g, want_g, atol=atol, rtol=0)
+
+
+def test_genz_truncated_matches_numpy_and_bounds_probability():
+    mu = _test_rows(2)
+    u = np.random.default_rng(3).uniform(size=(3, 8, 4))
+    want_p, want_g = genz_numpy(mu, u)
+    with jax.enable_x64(True):
+        p, g = _genz_truncated(mu, u)
+    np.testing.assert_allclose(p, want_p.sum(), atol=1e-12)
+    np.testing.assert_allclose(g, want_g, atol=1e-12)
+    # Three of the six entries of each row are ignored: zero gradient there.
+    assert np.all(np.sum(np.asarray(g) == 0.0, axis=1) >= 3)
+    assert np.all(want_p >= quadrature_numpy(mu) - 1e-3)
+
+
+def test_batch_shape_and_vmap():
+    mu = testing.random_logits(4, (2, 3, 5), dtype=np.float32)
+    key = jax.random.key(0)
+    p = gaussian_orthant_probability(mu, key=key)
+    chex.assert_shape(p, (2, 3))
+    u = jax.random.uniform(key, (5, 16, 2, 3))
+    batched = gaussian_orthant_probability(mu, uniforms=u)
+    mapped = jax.vmap(
+        lambda m, v: gaussian_orthant_probability(m, uniforms=v), in_axes=(0, 2), out_axes=0
+    )(mu, u)
+    np.testing.assert_allclose(batched, mapped, rtol=1e-6)
+
+
+def test_single_entry_is_exact_without_key():
+    mu = np.array([[-3.0], [0.0], [0.7], [4.0]])
+    with jax.enable_x64(True):
+        p, g = jax.jit(_value_and_grad)(mu)
+        per_row = gaussian_orthant_probability(mu)
+        truncated = gaussian_orthant_probability(np.concatenate([mu, mu + 1], 1), truncate=1)
+    want = stats.norm.cdf(mu[:, 0] / math.sqrt(2))
+    np.testing.assert_allclose(per_row, want, rtol=1e-13)
+    np.testing.assert_allclose(truncated, want, rtol=1e-13)
+    np.testing.assert_allclose(p, want.sum(), rtol=1e-13)
+    np.testing.assert_allclose(g[:, 0], stats.norm.pdf(mu[:, 0] / math.sqrt(2)) / math.sqrt(2))
+
+
+def test_quadrature_against_scipy_multivariate_normal():
+    mu = testing.random_logits(5, (3, 3), scale=1.0)
+    with jax.enable_x64(True):
+        p = gaussian_orthant_probability(mu, method="quadrature")
+    dim = mu.shape[1]
+    cov = np.eye(dim) + 1.0
+    want = [stats.multivariate_normal.cdf(m, np.zeros(dim), cov, abseps=1e-6) for m in mu]
+    np.testing.assert_allclose(p, want, atol=1e-5)
+
+
+def test_quadrature_against_adaptive_integration_and_ties():
+    mu = np.concatenate([_test_rows(6), np.zeros((1, 6)), np.full((1, 6), -3.0)])
+    with jax.enable_x64(True):
+        p, g = _quadrature_value_and_grad(mu)
+        rows = gaussian_orthant_probability(mu, method="quadrature")
+    np.testing.assert_allclose(rows, quadrature_numpy(mu), atol=1e-12)
+    # D + 1 tied classes: each wins with probability 1 / (D + 1).
+    np.testing.assert_allclose(rows[4], 1 / 7, rtol=1e-12)
+    np.testing.assert_allclose(g[4], g[4, 0], rtol=1e-10)
+    testing.check_grads_f64(
+        lambda x: gaussian_orthant_probability(x, method="quadrature"), (mu,), atol=1e-8
+    )
+
+
+def test_quadrature_float32_close_to_float64():
+    mu = np.concatenate([_test_rows(7), testing.random_logits(8, (4, 6), scale=10.0)])
+    p32, g32 = _quadrature_value_and_grad(mu.astype(np.float32))
+    with jax.enable_x64(True):
+        p64, g64 = _quadrature_value_and_grad(mu)
+    assert p32.dtype == np.float32
+    np.testing.assert_allclose(p32, p64, rtol=1e-5)
+    np.testing.assert_allclose(g32, g64, atol=1e-6)
+
+
+_many_keys = jax.jit(
+    jax.vmap(
+        lambda key, mu: _value_and_grad(mu, key=key, sample_size=16),
+        in_axes=(0, None),
+    )
+)
+
+
+def test_genz_is_unbiased_against_quadrature():
+    """Means over many keys agree with the quadrature within 4 standard errors."""
+    mu = np.array([[0.3, -0.5, 1.0, 0.0], [1.5, 2.0, 0.5, 1.0]], np.float32)
+    keys = jax.random.split(jax.random.key(0), 2000)
+    p, g = _many_keys(keys, mu)
+    want_p, want_g = _quadrature_value_and_grad(mu)
+    se = lambda x: x.std(axis=0) / math.sqrt(len(keys))  # noqa: E731
+    assert abs(p.mean() - want_p) < 4 * se(p)
+    assert np.all(np.abs(g.mean(axis=0) - want_g) < 4 * se(g) + 1e-6)
+
+
+def test_genz_variance_is_far_below_plain_monte_carlo():
+    mu = np.array([[0.0, 0.0]], np.float32)
+    keys = jax.random.split(jax.random.key(1), 1000)
+    p, _ = _many_keys(keys, mu)
+    plain_mc_std = math.sqrt((1 / 3) * (2 / 3) / 16)
+    assert p.std() < 0.3 * plain_mc_std
+
+
+@pytest.mark.parametrize("method", ["genz", "quadrature"])
+def test_extreme_inputs_saturate_without_nan(method):
+    mu = np.array(
+        [[-50.0, 0.0, 1.0], [1e4, 1e4, 1e4], [-1e4, 1e4, 0.0], [30.0, -30.0, 30.0]], np.float32
+    )
+    fn = lambda x: gaussian_orthant_probability(x, key=jax.random.key(0), method=method)  # noqa: E731
+    testing.assert_finite_value_and_grad(fn, mu)
+    p = fn(mu)
+    np.testing.assert_allclose(p, [0.0, 1.0, 0.0, 0.0], atol=1e-30)
+
+
+def test_float32_erf_rounding_does_not_produce_nan():
+    # Limits where float32 erf rounds to (or past) +-1.
+    mu = np.stack([np.linspace(-8, 8, 400, dtype=np.float32)] * 3, axis=1)
+    mu[:, 1] += 0.3
+    testing.assert_finite_value_and_grad(
+        lambda x: gaussian_orthant_probability(x, key=jax.random.key(2), sample_size=64), mu
+    )
+
+
+def test_bad_inputs():
+    mu = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match="method"):
+        gaussian_orthant_probability(mu, method="mc")
+    with pytest.raises(ValueError, match="key is required"):
+        gaussian_orthant_probability(mu)
+    with pytest.raises(
+        ValueError, match=r"uniforms must have shape \(k, N, \*batch\) = \(3, N, 2\)"
+    ):
+        gaussian_orthant_probability(mu, uniforms=np.zeros((2, 4, 2)))
+    with pytest.raises(ValueError, match="truncate"):
+        gaussian_orthant_probability(mu, key=jax.random.key(0), truncate=0)
+    with pytest.raises(ValueError, match="sample_size"):
+        gaussian_orthant_probability(mu, key=jax.random.key(0), sample_size=0)
+    with pytest.raises(TypeError, match="floating-point"):
+        gaussian_orthant_probability(np.zeros((2, 3), np.int32), method="quadrature")
