@@ -1,0 +1,325 @@
+"""``train_and_evaluate``: the epoch loop, evaluation, model selection, checkpoints and logs.
+
+Everything a run does is a function of the config: the data order of model i comes from
+``(seed + i, epoch)``, its initialization and loss noise from ``key(seed + i)`` folded with the
+step. A run killed at any point and started again in the same workdir resumes from the last
+finished epoch and ends with exactly the metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxloss import data
+from jaxloss.training import logs
+from jaxloss.training.checkpoint import Checkpointer, CheckpointError
+from jaxloss.training.train import compute_metrics, make_mesh, make_steps, seed_keys, seed_metrics
+
+__all__ = ["load_datasets", "train_and_evaluate"]
+
+SPLITS = ("validation", "test")
+# Settings that change how a run is watched, not what it computes: they may differ on resume.
+_COSMETIC = frozenset({"progress_bar", "log_every_steps"})
+
+
+def load_datasets(config: ml_collections.ConfigDict) -> dict[str, data.Dataset]:
+    """The train, validation and test splits a ``data`` config describes.
+
+    The long-tail subsampling (``imbalance_factor`` > 1) and the label noise (``label_noise`` > 0)
+    apply to the train split only; validation and test stay as loaded.
+    """
+    kwargs = {"seed": config.get("split_seed", 0), "data_dir": config.get("data_dir")}
+    splits = {split: data.load(config.name, split=split, **kwargs) for split in ("train", *SPLITS)}
+    train = splits["train"]
+    if config.get("imbalance_factor", 1.0) > 1.0:
+        train = data.long_tailed(
+            train,
+            imbalance_factor=config.imbalance_factor,
+            kind=config.get("imbalance_kind", "exp"),
+            seed=config.get("split_seed", 0),
+        )
+    if config.get("label_noise", 0.0) > 0.0:
+        train = data.with_label_noise(
+            train,
+            rate=config.label_noise,
+            block=config.get("noise_block", 5),
+            seed=config.get("split_seed", 0),
+        )
+    splits["train"] = train
+    return splits
+
+
+def _logits(steps, state, dataset, *, batch_size) -> np.ndarray:
+    """Every seed's logits on a whole split, (S, N, C)."""
+    chunks = []
+    for batch in data.epoch_batches(dataset, batch_size=batch_size, epoch=0, seed=0, train=False):
+        features = jax.device_put(batch["features"], steps.eval_sharding)
+        chunks.append(np.asarray(steps.evaluate(state, features))[:, batch["mask"]])
+    return np.concatenate(chunks, axis=1)
+
+
+def _evaluate(steps, state, splits, *, batch_size, k) -> tuple[dict, np.ndarray]:
+    """Metrics of every seed on validation and test, and the test logits (S, N, C)."""
+    logits = [_logits(steps, state, splits[split], batch_size=batch_size) for split in SPLITS]
+    sizes = [z.shape[1] for z in logits]
+    # Both splits in one call, told apart by masks, so the metrics compile once.
+    masks = np.repeat(np.eye(len(SPLITS), dtype=bool), sizes, axis=1)
+    values = seed_metrics(
+        np.concatenate(logits, axis=1),
+        np.concatenate([splits[split].labels for split in SPLITS]),
+        masks,
+        num_classes=splits["test"].num_classes,
+        k=k,
+    )
+    record = {
+        f"{split}/{name}": np.asarray(value[i], np.float64)
+        for name, value in values.items()
+        for i, split in enumerate(SPLITS)
+    }
+    return record, logits[SPLITS.index("test")]
+
+
+def _train_epoch(steps, state, train, *, config, epoch, keys, num_steps):
+    """One epoch over every seed's own shuffle; returns the state and per-step losses (T, S)."""
+    num_seeds = config.num_seeds
+    iterators = [
+        data.epoch_batches(
+            train, batch_size=config.batch_size, epoch=epoch, seed=config.seed + i, train=True
+        )
+        for i in range(num_seeds)
+    ]
+    losses, accuracies = [], []
+    bar = logs.progress_bar(
+        num_steps, epoch=epoch, num_epochs=config.num_epochs, enabled=config.progress_bar
+    )
+    start = time.perf_counter()
+    for step, batches in enumerate(zip(*iterators, strict=True)):
+        batch = {name: np.stack([b[name] for b in batches]) for name in ("features", "labels")}
+        state, stats = steps.train(state, jax.device_put(batch, steps.batch_sharding), keys)
+        losses.append(stats["loss"])
+        accuracies.append(stats["accuracy"])
+        bar.update()
+        if not bar.disable and (step + 1) % config.log_every_steps == 0:
+            seconds = time.perf_counter() - start
+            bar.set_postfix(
+                loss=f"{float(jnp.mean(stats['loss'])):.4f}",
+                accuracy=f"{float(jnp.mean(stats['accuracy'])):.3f}",
+                examples_per_s=f"{(step + 1) * config.batch_size * num_seeds / seconds:.0f}",
+            )
+    bar.close()
+    return state, np.stack(jax.device_get(losses)), np.stack(jax.device_get(accuracies))
+
+
+def _check_finite(losses: np.ndarray, *, epoch: int, num_steps: int, checkpoints: str | None):
+    bad = np.argwhere(~np.isfinite(losses))
+    if bad.size:
+        step, seed = bad[0]
+        kept = (
+            f"The last good checkpoint (epoch {epoch - 1}) is kept in {checkpoints}."
+            if checkpoints and epoch > 0
+            else "No checkpoint was written."
+        )
+        raise FloatingPointError(
+            f"The training loss became {losses[step, seed]} at step {epoch * num_steps + step} "
+            f"(epoch {epoch}, seed index {seed}); training stopped. {kept} Lower the learning "
+            "rate or check the loss hyperparameters."
+        )
+
+
+def _check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Writes ``config.json``, or checks that a resumed run has the config it was started with."""
+    path = os.path.join(workdir, "config.json")
+    current = json.loads(config.to_json_best_effort())
+    if os.path.exists(path):
+        with open(path) as file:
+            saved = json.load(file)
+        changed = sorted(
+            key for key in set(saved) | set(current) if saved.get(key) != current.get(key)
+        )
+        changed = [key for key in changed if key not in _COSMETIC]
+        if changed:
+            raise CheckpointError(
+                f"{workdir} holds a run with a different config (differences in: "
+                f"{', '.join(changed)}). Use a new workdir to train with this config."
+            )
+    with open(path, "w") as file:
+        json.dump(current, file, indent=2, sort_keys=True)
+
+
+def _empty_best(num_seeds: int, splits: dict, metric_names: list[str]) -> dict:
+    test = splits["test"]
+    best = {"epoch": np.full((num_seeds,), -1, np.int64)}
+    for split in SPLITS:
+        for name in metric_names:
+            shape = (num_seeds, test.num_classes) if name == "per_class_recall" else (num_seeds,)
+            best[f"{split}/{name}"] = np.full(shape, np.nan)
+    best["test_probs"] = np.zeros((num_seeds, test.num_examples, test.num_classes), np.float32)
+    return best
+
+
+def _update_best(best: dict, record: dict, test_logits: np.ndarray, selection: str) -> dict:
+    """Keeps, per seed, the epoch with the highest validation ``selection`` metric (first wins)."""
+    score = record[f"validation/{selection}"]
+    previous = best[f"validation/{selection}"]
+    better = (best["epoch"] < 0) | (score > previous)
+    updated = {"epoch": np.where(better, record["epoch"], best["epoch"])}
+    for key, value in best.items():
+        if key in ("epoch", "test_probs"):
+            continue
+        mask = better.reshape((-1,) + (1,) * (value.ndim - 1))
+        updated[key] = np.where(mask, record[key], value)
+    shifted = np.exp(test_logits - test_logits.max(axis=-1, keepdims=True))
+    probs = (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
+    updated["test_probs"] = np.where(better[:, None, None], probs, best["test_probs"])
+    return updated
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains ``config.num_seeds`` models and evaluates them on validation and test every epoch.
+
+    The best epoch of each model is chosen on the validation split (``config.selection_metric``,
+    default accuracy), never on test. The run writes ``config.json``, ``metrics.jsonl``
+    (one line per epoch), TensorBoard events (``tensorboard/``) and Orbax checkpoints
+    (``checkpoints/``, every ``config.checkpoint_every_epochs`` epochs; 0 disables them) into
+    ``workdir``, and resumes from the latest checkpoint found there.
+
+    Args:
+      config: an experiment config (see ``experiments/configs/digits.py`` for every field).
+      workdir: the run directory (created if needed).
+
+    Returns:
+      A dict with
+        ``"best"``: the selected epoch of each seed, ``{"epoch": (S,), "validation/<metric>": (S,),
+        "test/<metric>": (S,), "test/per_class_recall": (S, C), "test_probs": (S, N, C)}``
+        (metrics: accuracy, top{k}_accuracy, balanced_accuracy, macro_top{k}_accuracy, ece, nll);
+        ``"history"``: one dict per epoch with ``"epoch"``, ``"train/loss"``,
+        ``"train/accuracy"`` and every validation and test metric, each of shape (S,) (per-class
+        recall (S, C));
+        ``"test_labels"``: (N,) labels matching ``test_probs``;
+        ``"class_names"``, ``"train_class_counts"``: the classes and their training counts;
+        ``"config"``: the config as run.
+
+    Raises:
+      FloatingPointError: the training loss became NaN or infinite; the message names the step.
+      CheckpointError: the workdir holds a checkpoint of a different config, or a damaged one.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    _check_config(config, workdir)
+    splits = load_datasets(config.data)
+    train = splits["train"]
+    counts = data.class_counts(train)
+    num_steps = data.steps_per_epoch(train.num_examples, config.batch_size, train=True)
+    mesh = make_mesh()
+    if config.batch_size % mesh.size or config.eval_batch_size % mesh.size:
+        raise ValueError(
+            f"batch_size ({config.batch_size}) and eval_batch_size ({config.eval_batch_size}) "
+            f"must be multiples of the {mesh.size} devices."
+        )
+    steps = make_steps(
+        config,
+        num_classes=train.num_classes,
+        input_shape=train.features.shape[1:],
+        # Classes emptied by a transform count as one, so that log-prior losses stay finite.
+        class_counts=np.maximum(counts, 1),
+        steps_per_epoch=num_steps,
+        mesh=mesh,
+    )
+    keys = seed_keys(config.seed, config.num_seeds)
+    state = steps.init(jax.vmap(lambda key: jax.random.fold_in(key, 0))(keys))
+    train_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
+    k = config.get("top_k", 5)
+    metric_names = list(
+        jax.eval_shape(
+            lambda z, y, w: compute_metrics(z, y, w, num_classes=train.num_classes, k=k),
+            jax.ShapeDtypeStruct((1, train.num_classes), jnp.float32),
+            jax.ShapeDtypeStruct((1,), jnp.int32),
+            jax.ShapeDtypeStruct((1,), jnp.bool_),
+        )
+    )
+    best = _empty_best(config.num_seeds, splits, metric_names)
+    history: list[dict] = []
+
+    checkpointer = (
+        Checkpointer(os.path.join(workdir, "checkpoints"))
+        if config.checkpoint_every_epochs
+        else None
+    )
+    start_epoch = 0
+    if checkpointer is not None and checkpointer.latest_epoch() is not None:
+        latest = checkpointer.latest_epoch()
+        state, best, saved_history = checkpointer.restore(latest, state=state, best=best)
+        history = [
+            {key: _as_array(value) for key, value in record.items()} for record in saved_history
+        ]
+        start_epoch = latest + 1
+    logger = logs.MetricLogger(workdir, history=history)
+    selection = config.get("selection_metric", "accuracy")
+    try:
+        for epoch in range(start_epoch, config.num_epochs):
+            state, losses, accuracies = _train_epoch(
+                steps,
+                state,
+                train,
+                config=config,
+                epoch=epoch,
+                keys=train_keys,
+                num_steps=num_steps,
+            )
+            _check_finite(
+                losses,
+                epoch=epoch,
+                num_steps=num_steps,
+                checkpoints=checkpointer and checkpointer.directory,
+            )
+            record = {
+                "epoch": epoch,
+                "train/loss": losses.mean(axis=0, dtype=np.float64),
+                "train/accuracy": accuracies.mean(axis=0, dtype=np.float64),
+            }
+            values, test_logits = _evaluate(
+                steps, state, splits, batch_size=config.eval_batch_size, k=k
+            )
+            record.update(values)
+            if f"validation/{selection}" not in record:
+                raise ValueError(
+                    f"selection_metric {selection!r} is not a metric; choose one of "
+                    f"{', '.join(metric_names)}."
+                )
+            best = _update_best(best, record, test_logits, selection)
+            history.append(record)
+            logger.write(record)
+            last = epoch == config.num_epochs - 1
+            if checkpointer is not None and (
+                last or (epoch + 1) % config.checkpoint_every_epochs == 0
+            ):
+                checkpointer.save(
+                    epoch, state=state, best=best, history=[_jsonable(r) for r in history]
+                )
+    finally:
+        logger.close()
+        if checkpointer is not None:
+            checkpointer.close()
+    return {
+        "best": best,
+        "history": history,
+        "test_labels": splits["test"].labels,
+        "class_names": train.class_names,
+        "train_class_counts": counts,
+        "config": config,
+    }
+
+
+def _jsonable(record: dict) -> dict:
+    return {key: np.asarray(value).tolist() for key, value in record.items()}
+
+
+def _as_array(value):
+    return value if isinstance(value, int) else np.asarray(value, np.float64)

@@ -1,0 +1,301 @@
+"""The compiled pieces of training: optimizer, state initialization, train and eval steps.
+
+Every seed's training state is stacked along a leading axis of size ``num_seeds`` and the steps are
+``jax.vmap``-ed over it, so N independent models train in one compiled step. The batch axis is
+sharded over the ``'data'`` axis of a device mesh and the state is replicated: XLA inserts the
+gradient all-reduce. Nothing here touches the host except through its return values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxloss import data, metrics
+from jaxloss.losses import get_loss
+from jaxloss.training.models import build_model
+
+__all__ = [
+    "StepFunctions",
+    "compute_metrics",
+    "make_mesh",
+    "make_optimizer",
+    "make_steps",
+    "seed_keys",
+    "seed_metrics",
+]
+
+SCHEDULES = ("constant", "step", "cosine", "exponential")
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_mesh(devices: Any = None) -> Mesh:
+    """A one-axis mesh named ``'data'`` over ``devices`` (default: all devices)."""
+    return Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
+
+
+def _learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int, num_epochs: int):
+    """An optax schedule of the global step, from an epoch-based description."""
+    lr = config.learning_rate
+    name = config.get("schedule", "constant")
+    total = steps_per_epoch * num_epochs
+    if name == "constant":
+        return optax.constant_schedule(lr)
+    if name == "step":
+        # Like torch's MultiStepLR: the factor applies from the start of each boundary epoch.
+        return optax.piecewise_constant_schedule(
+            lr, {int(b) * steps_per_epoch: config.decay_factor for b in config.boundaries}
+        )
+    if name == "cosine":
+        return optax.cosine_decay_schedule(lr, total, alpha=config.final_learning_rate / lr)
+    if name == "exponential":
+        # Geometric per epoch, reaching final_learning_rate in the last epoch (EXACT's recipe).
+        rate = (config.final_learning_rate / lr) ** (1.0 / max(num_epochs - 1, 1))
+        return optax.exponential_decay(lr, steps_per_epoch, rate, staircase=True)
+    raise ValueError(f"Unknown schedule {name!r}. Available schedules: {', '.join(SCHEDULES)}.")
+
+
+def _is_kernel(params: Any) -> Any:
+    """Weight decay applies to weight matrices and conv kernels, not biases or norm scales."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, *, steps_per_epoch: int, num_epochs: int
+) -> optax.GradientTransformation:
+    """The optax transformation an ``optimizer`` config describes.
+
+    Args:
+      config: ``name`` ("sgd" or "adam"), ``learning_rate``, ``momentum`` and ``nesterov`` (sgd),
+        ``weight_decay`` (L2 added to the gradient of kernels, as torch's SGD does),
+        ``schedule`` (one of :data:`SCHEDULES`) with ``boundaries`` (epochs) and ``decay_factor``
+        (step) or ``final_learning_rate`` (cosine, exponential), ``gradient_clip_norm`` (or None)
+        and ``gradient_normalizer`` (EXACT's running-norm normalizer instead of clipping).
+      steps_per_epoch: optimizer steps in one epoch.
+      num_epochs: epochs of the run.
+
+    Returns:
+      An ``optax.GradientTransformation``.
+    """
+    schedule = _learning_rate(config, steps_per_epoch, num_epochs)
+    chain = []
+    if config.get("gradient_normalizer", False):
+        from jaxloss import optim
+
+        chain.append(optim.gradient_normalizer())
+    if config.get("gradient_clip_norm") is not None:
+        chain.append(optax.clip_by_global_norm(config.gradient_clip_norm))
+    if config.get("weight_decay", 0.0):
+        chain.append(optax.add_decayed_weights(config.weight_decay, mask=_is_kernel))
+    name = config.name
+    if name == "sgd":
+        chain.append(
+            optax.sgd(
+                schedule,
+                momentum=config.get("momentum", 0.0) or None,
+                nesterov=config.get("nesterov", False),
+            )
+        )
+    elif name == "adam":
+        chain.append(optax.adam(schedule))
+    else:
+        raise ValueError(
+            f"Unknown optimizer {name!r}. Available optimizers: {', '.join(OPTIMIZERS)}."
+        )
+    return optax.chain(*chain)
+
+
+def seed_keys(seed: int, num_seeds: int) -> jax.Array:
+    """One key per model: ``key(seed + i)``, so model i of a run equals a run with seed + i."""
+    return jax.vmap(jax.random.key)(jnp.arange(seed, seed + num_seeds))
+
+
+def compute_metrics(
+    logits: jax.Array, labels: jax.Array, where: jax.Array, *, num_classes: int, k: int
+) -> dict[str, jax.Array]:
+    """Evaluation metrics of one model on the examples selected by ``where``.
+
+    Args:
+      logits: (N, C) scores.
+      labels: (N,) integer labels.
+      where: (N,) boolean mask of the examples that count.
+      num_classes: C.
+      k: the top-k cut-off (clipped to C).
+
+    Returns:
+      ``accuracy``, ``top{k}_accuracy``, ``balanced_accuracy``, ``macro_top{k}_accuracy``, ``ece``
+      (15 bins, softmax probabilities), ``nll`` (mean cross-entropy) and ``per_class_recall`` (C,).
+    """
+    k = min(k, num_classes)
+    predictions = jnp.argmax(logits, axis=-1)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    weights = where / jnp.sum(where)
+    label_log_probs = jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+    return {
+        "accuracy": jnp.sum(weights * (predictions == labels)),
+        f"top{k}_accuracy": jnp.sum(weights * metrics.topk_accuracy(logits, labels, k=k)),
+        "balanced_accuracy": metrics.balanced_accuracy(
+            predictions, labels, num_classes=num_classes, where=where
+        ),
+        f"macro_top{k}_accuracy": metrics.macro_topk_accuracy(
+            logits, labels, k=k, num_classes=num_classes, where=where
+        ),
+        "ece": metrics.expected_calibration_error(
+            jnp.exp(log_probs), labels, n_bins=15, where=where
+        ),
+        "nll": -jnp.sum(weights * label_log_probs),
+        "per_class_recall": metrics.per_class_recall(
+            predictions, labels, num_classes=num_classes, where=where
+        ),
+    }
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "k"))
+def seed_metrics(
+    logits: jax.Array, labels: jax.Array, masks: jax.Array, *, num_classes: int, k: int
+) -> dict[str, jax.Array]:
+    """:func:`compute_metrics` of every seed and every subset, in one compiled call.
+
+    Args:
+      logits: (S, N, C), one row of logits per seed.
+      labels: (N,) labels shared by the seeds.
+      masks: (M, N) boolean; each row selects the examples of one subset (e.g. one split).
+      num_classes: C.
+      k: the top-k cut-off.
+
+    Returns:
+      The metrics of :func:`compute_metrics`, each with leading axes (M, S).
+    """
+
+    def one(z, mask):
+        return compute_metrics(z, labels, mask, num_classes=num_classes, k=k)
+
+    return jax.vmap(lambda mask: jax.vmap(lambda z: one(z, mask))(logits))(masks)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFunctions:
+    """The compiled functions of one run.
+
+    Attributes:
+      init: ``init(keys) -> state``; keys (S,) from :func:`seed_keys`; the state's leaves have a
+        leading seed axis and are replicated over the mesh.
+      train: ``train(state, batch, keys) -> (state, stats)``; batch arrays (S, B, ...) sharded on B;
+        stats: ``loss`` and ``accuracy`` of shape (S,). The input state is donated.
+      evaluate: ``evaluate(state, features) -> logits`` (S, B, C) for one shared batch (B, ...).
+      batch_sharding: placement of a training batch (S, B, ...).
+      eval_sharding: placement of an evaluation batch (B, ...).
+    """
+
+    init: Callable
+    train: Callable
+    evaluate: Callable
+    batch_sharding: NamedSharding
+    eval_sharding: NamedSharding
+
+
+def make_steps(
+    config: ml_collections.ConfigDict,
+    *,
+    num_classes: int,
+    input_shape: tuple[int, ...],
+    class_counts: np.ndarray,
+    steps_per_epoch: int,
+    mesh: Mesh,
+) -> StepFunctions:
+    """Builds the jitted init, train and eval functions of an experiment config.
+
+    Args:
+      config: the experiment config (``model``, ``loss``, ``optimizer``, ``num_epochs``,
+        ``data.augment``).
+      num_classes: C.
+      input_shape: shape of one example.
+      class_counts: training examples per class, for losses that use them.
+      steps_per_epoch: optimizer steps per epoch (for schedules).
+      mesh: the device mesh with a ``'data'`` axis.
+
+    Returns:
+      A :class:`StepFunctions`.
+    """
+    num_epochs = config.num_epochs
+    tx = make_optimizer(config.optimizer, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
+    abstract = nnx.eval_shape(
+        lambda: build_model(config.model, num_classes, input_shape, nnx.Rngs(0))
+    )
+    graphdef, _, _ = nnx.split(abstract, nnx.Param, ...)
+    loss_name = config.loss.name
+    loss_hyperparameters = dict(config.loss.get("hyperparameters", {}))
+    # Fail on a bad loss name or hyperparameter now, not inside the first trace.
+    if config.model.get("head", "linear") != "exact":
+        get_loss(loss_name, class_counts=class_counts, **loss_hyperparameters)
+    augment = config.data.get("augment", False)
+
+    def init_one(key):
+        model = build_model(config.model, num_classes, input_shape, nnx.Rngs(key))
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        return {"params": params, "rest": rest, "opt": tx.init(params), "step": jnp.int32(0)}
+
+    def train_one(state, batch, key):
+        step = state["step"]
+        key = jax.random.fold_in(key, step)
+        augment_key, loss_key = jax.random.split(key)
+        features, labels = batch["features"], batch["labels"]
+        if augment:
+            crop_key, flip_key = jax.random.split(augment_key)
+            features = data.random_flip(flip_key, data.random_crop(crop_key, features, padding=4))
+        progress = (step // steps_per_epoch).astype(jnp.float32) / num_epochs
+
+        def objective(params):
+            model = nnx.merge(graphdef, params, state["rest"])
+            loss_fn = get_loss(
+                loss_name,
+                class_counts=class_counts,
+                **loss_hyperparameters,
+                **model.loss_hyperparameters(progress),
+            )
+            logits = model(features, train=True)
+            loss = jnp.mean(loss_fn(logits, labels, key=loss_key))
+            _, _, rest = nnx.split(model, nnx.Param, ...)
+            return loss, (rest, logits)
+
+        (loss, (rest, logits)), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt"], state["params"])
+        new_state = {
+            "params": optax.apply_updates(state["params"], updates),
+            "rest": rest,
+            "opt": opt_state,
+            "step": step + 1,
+        }
+        accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+        return new_state, {"loss": loss, "accuracy": accuracy}
+
+    def evaluate_one(state, features):
+        model = nnx.merge(graphdef, state["params"], state["rest"])
+        return model(features, train=False)
+
+    replicated = NamedSharding(mesh, P())
+    return StepFunctions(
+        # Eager, not jitted: initializers then run as small per-primitive programs that stay
+        # cached for the next run in the process (a comparison), instead of one new large
+        # program per run whose random-number code takes seconds to compile.
+        init=lambda keys: jax.device_put(jax.vmap(init_one)(keys), replicated),
+        train=jax.jit(
+            jax.vmap(train_one),
+            donate_argnums=0,
+            out_shardings=(replicated, replicated),
+        ),
+        evaluate=jax.jit(jax.vmap(evaluate_one, in_axes=(0, None)), out_shardings=replicated),
+        batch_sharding=NamedSharding(mesh, P(None, "data")),
+        eval_sharding=NamedSharding(mesh, P("data")),
+    )
