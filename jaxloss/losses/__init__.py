@@ -13,6 +13,12 @@ from jaxloss.losses._logit_adjustment import (
     logit_adjust,
     logit_adjusted_loss,
 )
+from jaxloss.losses._noised_topk import (
+    balanced_noised_topk_loss,
+    imbalanced_noised_topk_loss,
+    ldam_loss,
+    ldam_margins,
+)
 from jaxloss.losses._registry import available_losses, get_loss
 
 __all__ = [
@@ -24,4 +30,8 @@ __all__ = [
     "logit_adjust",
     "logit_adjusted_loss",
     "softmax_focal_loss",
+    "balanced_noised_topk_loss",
+    "imbalanced_noised_topk_loss",
+    "ldam_loss",
+    "ldam_margins",
 ]

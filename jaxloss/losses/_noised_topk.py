@@ -1,0 +1,254 @@
+"""Top-k calibrated hinge losses smoothed by Gaussian noise (Garcin et al., 2022), and LDAM."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxloss import _validation
+from jaxloss.losses._softmax import label_value
+from jaxloss.ops._noised_topk import noised_topk
+
+__all__ = [
+    "balanced_noised_topk_loss",
+    "imbalanced_noised_topk_loss",
+    "ldam_loss",
+    "ldam_margins",
+]
+
+
+def _smoothed_threshold(prepared, k, epsilon, n_samples, key, noise, axis):
+    """The smoothed (k+1)-th largest score, the threshold the true score must clear."""
+    _validation.check_integer("k", k, lower=1, upper=prepared.num_classes - 1)
+    # The op takes the logits in their own layout so that injected noise keeps the caller's axes.
+    logits = jnp.moveaxis(prepared.logits, -1, axis)
+    where = None if prepared.where is None else jnp.moveaxis(prepared.where, -1, axis)
+    return noised_topk(
+        logits,
+        k=k + 1,
+        epsilon=epsilon,
+        n_samples=n_samples,
+        key=key,
+        noise=noise,
+        axis=axis,
+        where=where,
+    )
+
+
+def balanced_noised_topk_loss(
+    logits: Any,
+    labels: Any,
+    *,
+    k: int,
+    epsilon: float,
+    n_samples: int = 5,
+    key: jax.Array | None = None,
+    noise: Any = None,
+    axis: int = -1,
+    where: Any = None,
+) -> jax.Array:
+    r"""The top-k calibrated hinge loss, smoothed by Gaussian noise on the scores.
+
+    .. math::
+      \ell(s, y) = \left[1 + \hat v_{k+1}(s) - s_y\right]_+,
+
+    where :math:`\hat v_{k+1}` is the Monte-Carlo smoothed (k+1)-th largest score of
+    :func:`jaxloss.ops.noised_topk` (``n_samples`` draws of noise of scale ``epsilon``). It is zero
+    when the true class is in the top k with a margin of 1. The gradient,
+    :math:`\mathbb 1[\ell > 0]\,(\hat p - e_y)`, spreads over every class that may be (k+1)-th under
+    the noise instead of a single one. ``epsilon = 0`` is the hard top-k hinge
+    :math:`[1 + \operatorname{top}_{k+1}(s) - s_y]_+`. The loss is stochastic: pass a fresh ``key``
+    each step.
+
+    Args:
+      logits: scores, shape ``(..., num_classes)`` (classes along ``axis``).
+      labels: integer labels, the logits' shape without the class axis.
+      k: the top-k target, ``1 <= k <= num_classes - 1``.
+      epsilon: noise scale ``>= 0``, in the units of the scores.
+      n_samples: noise draws per example.
+      key: PRNG key; exactly one of ``key`` and ``noise`` unless ``epsilon == 0``.
+      noise: standard-normal draws of shape ``logits.shape + (n_samples,)``.
+      axis: the class axis.
+      where: optional boolean class mask broadcastable to ``logits``; False classes never rank.
+
+    Returns:
+      Per-example losses, shape of ``labels``, in the logits' dtype.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import jaxloss
+      >>> scores = jnp.array([[2.0, 1.5, -3.0], [7.5, 4.0, -1.5]])
+      >>> labels = jnp.array([0, 2])
+      >>> print(jaxloss.balanced_noised_topk_loss(scores, labels, k=1, epsilon=0.0))
+      [0.5 6.5]
+      >>> loss = jaxloss.balanced_noised_topk_loss(
+      ...     scores, labels, k=1, epsilon=1.0, n_samples=10_000, key=jax.random.key(0))
+      >>> print([f"{u:.2f}" for u in loss])  # smoothed 2nd largest of row 0: E = 1.150
+      ['0.14', '6.51']
+
+    References:
+      Garcin et al., `Stochastic smoothing of the top-K calibrated hinge loss for deep imbalanced
+      classification <https://arxiv.org/abs/2202.02193>`_, ICML 2022.
+    """
+    prepared = _validation.prepare(logits, labels, axis=axis, where=where, min_classes=2)
+    threshold = _smoothed_threshold(prepared, k, epsilon, n_samples, key, noise, axis)
+    loss = jax.nn.relu(1.0 + threshold - label_value(prepared.logits, prepared.labels))
+    return loss.astype(prepared.out_dtype)
+
+
+def ldam_margins(class_counts: Any, *, max_m: float) -> jax.Array:
+    r"""Per-class margins that grow for rarer classes, the LDAM rule.
+
+    .. math::
+      m_c = m_{\max} \left(\frac{\min_{c'} n_{c'}}{n_c}\right)^{1/4}
+
+    The rarest class gets ``max_m``; a class n times more frequent gets ``max_m / n**0.25``.
+
+    Args:
+      class_counts: training examples per class, shape ``(num_classes,)``, all > 0.
+      max_m: the margin of the rarest class, ``>= 0``.
+
+    Returns:
+      Margins of shape ``(num_classes,)`` (float32, or float64 under x64 for float64 counts).
+
+    Example:
+      >>> import jaxloss
+      >>> print(jaxloss.ldam_margins([17, 23, 55], max_m=0.3).round(4))
+      [0.3    0.2782 0.2237]
+
+    References:
+      Cao et al., `Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss
+      <https://arxiv.org/abs/1906.07413>`_, NeurIPS 2019.
+    """
+    if np.ndim(class_counts) != 1:
+        raise ValueError(f"class_counts must be a vector, got shape {np.shape(class_counts)}.")
+    counts = _validation.check_class_vector("class_counts", class_counts, len(class_counts))
+    _validation.check_in_range("max_m", max_m, lower=0)
+    counts = counts.astype(jnp.promote_types(counts.dtype, jnp.float32))
+    return max_m * (jnp.min(counts) / counts) ** 0.25
+
+
+def imbalanced_noised_topk_loss(
+    logits: Any,
+    labels: Any,
+    *,
+    class_counts: Any,
+    k: int,
+    epsilon: float,
+    max_m: float,
+    scale: float = 50.0,
+    n_samples: int = 5,
+    key: jax.Array | None = None,
+    noise: Any = None,
+    axis: int = -1,
+    where: Any = None,
+) -> jax.Array:
+    r"""The smoothed top-k hinge with larger margins for rarer classes, for cosine scores.
+
+    .. math::
+      \ell(s, y) = \text{scale}\cdot\left[m_y + \hat v_{k+1}(s) - s_y\right]_+,
+
+    with the LDAM margins :math:`m_c` of :func:`ldam_margins` and the smoothed (k+1)-th largest
+    score :math:`\hat v_{k+1}` of :func:`balanced_noised_topk_loss`. It is designed for cosine
+    scores in [-1, 1] (e.g. from :class:`jaxloss.nn.CosineClassifier`): ``epsilon`` and the
+    margins live on that scale (the paper uses ``epsilon=0.01``, ``max_m=0.2``, ``scale=60``). For
+    unnormalized logits set ``scale=1``.
+
+    Args:
+      logits: scores, shape ``(..., num_classes)`` (classes along ``axis``).
+      labels: integer labels, the logits' shape without the class axis.
+      class_counts: training examples per class, shape ``(num_classes,)``, all > 0.
+      k: the top-k target, ``1 <= k <= num_classes - 1``.
+      epsilon: noise scale ``>= 0``, in the units of the (unscaled) scores.
+      max_m: margin of the rarest class, ``>= 0``.
+      scale: positive factor on the hinge.
+      n_samples: noise draws per example.
+      key: PRNG key; exactly one of ``key`` and ``noise`` unless ``epsilon == 0``.
+      noise: standard-normal draws of shape ``logits.shape + (n_samples,)``.
+      axis: the class axis.
+      where: optional boolean class mask broadcastable to ``logits``; False classes never rank.
+
+    Returns:
+      Per-example losses, shape of ``labels``, in the logits' dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxloss
+      >>> scores = jnp.array([[0.9, 0.5, -0.3], [0.8, 0.4, 0.1]])
+      >>> loss = jaxloss.imbalanced_noised_topk_loss(
+      ...     scores, jnp.array([0, 2]), class_counts=[17, 23, 55], k=1, epsilon=0.0, max_m=0.3)
+      >>> print(jnp.round(loss, 3))  # 50 * [0.3 + 0.5 - 0.9]_+, 50 * [0.2237 + 0.4 - 0.1]_+
+      [ 0.    26.184]
+
+    References:
+      Garcin et al., `Stochastic smoothing of the top-K calibrated hinge loss for deep imbalanced
+      classification <https://arxiv.org/abs/2202.02193>`_, ICML 2022.
+    """
+    prepared = _validation.prepare(logits, labels, axis=axis, where=where, min_classes=2)
+    _validation.check_class_vector("class_counts", class_counts, prepared.num_classes)
+    _validation.check_in_range("scale", scale, lower=0, lower_open=True)
+    margins = ldam_margins(class_counts, max_m=max_m).astype(prepared.logits.dtype)
+    threshold = _smoothed_threshold(prepared, k, epsilon, n_samples, key, noise, axis)
+    gap = margins[prepared.labels] + threshold - label_value(prepared.logits, prepared.labels)
+    return (scale * jax.nn.relu(gap)).astype(prepared.out_dtype)
+
+
+def ldam_loss(
+    logits: Any,
+    labels: Any,
+    *,
+    class_counts: Any,
+    max_m: float = 0.5,
+    scale: float = 30.0,
+    axis: int = -1,
+    where: Any = None,
+) -> jax.Array:
+    r"""Label-distribution-aware margin (LDAM) loss: cross-entropy with per-class margins.
+
+    .. math::
+      \ell(s, y) = -\log \frac{e^{\text{scale}\,(s_y - m_y)}}
+        {e^{\text{scale}\,(s_y - m_y)} + \sum_{c \ne y} e^{\text{scale}\, s_c}}
+
+    with the margins :math:`m_c` of :func:`ldam_margins`: the rarer the true class, the larger the
+    margin its score must win by. Meant for cosine scores in [-1, 1] (Cao et al. use ``scale=30``
+    with a normalized last layer; the noised top-k paper uses ``max_m=0.2, scale=40``).
+
+    Args:
+      logits: scores, shape ``(..., num_classes)`` (classes along ``axis``).
+      labels: integer labels, the logits' shape without the class axis.
+      class_counts: training examples per class, shape ``(num_classes,)``, all > 0.
+      max_m: margin of the rarest class, ``>= 0``.
+      scale: positive factor on the scores (the inverse temperature of the softmax).
+      axis: the class axis.
+      where: optional boolean class mask broadcastable to ``logits``; False classes are excluded
+        from the softmax.
+
+    Returns:
+      Per-example losses, shape of ``labels``, in the logits' dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxloss
+      >>> scores = jnp.array([[0.2, 0.1, 0.0]])
+      >>> print(jnp.round(jaxloss.ldam_loss(scores, jnp.array([2]), class_counts=[1, 1, 1],
+      ...                                   max_m=0.0, scale=1.0), 4))  # plain cross-entropy
+      [1.2019]
+
+    References:
+      Cao et al., `Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss
+      <https://arxiv.org/abs/1906.07413>`_, NeurIPS 2019.
+    """
+    prepared = _validation.prepare(logits, labels, axis=axis, where=where)
+    _validation.check_class_vector("class_counts", class_counts, prepared.num_classes)
+    _validation.check_in_range("scale", scale, lower=0, lower_open=True)
+    margins = ldam_margins(class_counts, max_m=max_m).astype(prepared.logits.dtype)
+    is_label = jnp.arange(prepared.num_classes) == prepared.labels[..., None]
+    shifted = prepared.logits - jnp.where(is_label, margins[prepared.labels][..., None], 0.0)
+    loss = optax.softmax_cross_entropy_with_integer_labels(
+        scale * shifted, prepared.labels, where=prepared.where
+    )
+    return loss.astype(prepared.out_dtype)
