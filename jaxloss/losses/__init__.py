@@ -7,6 +7,7 @@ float32 and returned in their own dtype.
 """
 
 from jaxloss.losses._confidence import confidence_penalty_loss, softmax_focal_loss
+from jaxloss.losses._exact import exact_loss
 from jaxloss.losses._label_relaxation import label_relaxation_loss
 from jaxloss.losses._logit_adjustment import (
     balanced_softmax_loss,
@@ -26,6 +27,7 @@ __all__ = [
     "get_loss",
     "balanced_softmax_loss",
     "confidence_penalty_loss",
+    "exact_loss",
     "label_relaxation_loss",
     "logit_adjust",
     "logit_adjusted_loss",

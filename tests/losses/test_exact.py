@@ -1,0 +1,236 @@
+"""Tests of the EXACT loss."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import jaxloss
+from tests import testing
+from tests.ops.test_orthant import quadrature_numpy
+
+
+def exact_numpy(logits, labels, *, temperature=None, margin=None, normalize=None, truncate=None):
+    """The reference pipeline in float64: batch standardization, differences, clip, /T, integral."""
+    z = np.asarray(logits, np.float64)
+    if normalize is None:
+        normalize = temperature is not None
+    if normalize:
+        z = (z - z.mean()) / z.std(ddof=1)
+    rows = []
+    for row, label in zip(z, labels, strict=True):
+        d = row[label] - np.delete(row, label)
+        if margin is not None:
+            d = np.minimum(d, margin)
+        if temperature is not None:
+            d = d / temperature
+        if truncate is not None:
+            d = np.sort(d)[:truncate]
+        rows.append(d)
+    return 1.0 - quadrature_numpy(np.stack(rows))
+
+
+def _quadrature_loss(logits, labels, **kwargs):
+    return jaxloss.exact_loss(logits, labels, key=None, method="quadrature", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"temperature": 0.7},
+        {"temperature": 0.5, "margin": 0.3},
+        {"temperature": 2.0, "normalize_logits": False},
+        {"temperature": 0.5, "truncate_classes": 2},
+    ],
+)
+def test_quadrature_matches_float64_pipeline(kwargs):
+    logits = testing.random_logits(0, (5, 4), scale=1.5)
+    labels = testing.random_labels(0, (5,), 4)
+    oracle_kwargs = {
+        "temperature": kwargs.get("temperature"),
+        "margin": kwargs.get("margin"),
+        "normalize": kwargs.get("normalize_logits"),
+        "truncate": kwargs.get("truncate_classes"),
+    }
+    testing.assert_matches_oracle(
+        lambda x, y: _quadrature_loss(x, y, **kwargs),
+        lambda x, y: exact_numpy(x, y, **oracle_kwargs),
+        logits,
+        labels,
+        atol=1e-10,
+    )
+
+
+def test_two_classes_closed_form_and_gradients():
+    logits = testing.random_logits(1, (6, 2))
+    labels = testing.random_labels(1, (6,), 2)
+    diff = logits[np.arange(6), labels] - logits[np.arange(6), 1 - labels]
+    want = 1.0 - stats.norm.cdf(diff / (0.8 * math.sqrt(2)))
+    loss = lambda x: jaxloss.exact_loss(  # noqa: E731
+        x, labels, key=None, temperature=0.8, normalize_logits=False
+    )
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(loss(logits), want, rtol=1e-12)
+    testing.check_grads_f64(loss, (logits,), atol=1e-8)
+
+
+def test_gradients_match_finite_differences_with_temperature():
+    logits = testing.random_logits(2, (4, 5), scale=1.0)
+    labels = testing.random_labels(2, (4,), 5)
+    testing.check_grads_f64(
+        lambda x, t: _quadrature_loss(x, labels, temperature=t, margin=0.5), (logits, 0.6)
+    )
+
+
+def test_genz_loss_is_close_to_quadrature_with_temperature_gradient():
+    logits = testing.random_logits(3, (8, 6), scale=1.0).astype(np.float32)
+    labels = testing.random_labels(3, (8,), 6)
+
+    def mean_loss(t, key, method):
+        losses = jaxloss.exact_loss(
+            logits, labels, key=key, temperature=t, margin=1.0, sample_size=2048, method=method
+        )
+        return jnp.mean(losses)
+
+    value, grad_t = jax.value_and_grad(mean_loss)(0.5, jax.random.key(0), "genz")
+    want, want_t = jax.value_and_grad(mean_loss)(0.5, None, "quadrature")
+    np.testing.assert_allclose(value, want, atol=5e-3)
+    np.testing.assert_allclose(grad_t, want_t, atol=0.02 * abs(want_t) + 5e-3)
+
+
+def test_margin_clip_stops_gradient_above_and_passes_at_equality():
+    logits = np.array([[3.0, 0.0, 1.0], [1.0, 0.0, 0.5]], np.float32)
+    labels = np.array([0, 0])
+    grad = jax.grad(
+        lambda x: jnp.sum(
+            _quadrature_loss(x, labels, temperature=1.0, margin=1.0, normalize_logits=False)
+        )
+    )(logits)
+    # Row 0: z_0 - z_1 = 3 > 1 is clipped; z_0 - z_2 = 2 too: no gradient at all.
+    np.testing.assert_array_equal(grad[0], 0.0)
+    # Row 1: z_0 - z_1 = 1 == margin still passes its gradient.
+    assert grad[1, 1] > 0.0
+
+
+def test_where_mask_equals_dropping_the_class():
+    logits = testing.random_logits(4, (5, 4))
+    labels = np.array([0, 1, 2, 1, 0])
+    where = np.array([True, True, True, False])
+    with jax.enable_x64(True):
+        masked = _quadrature_loss(logits, labels, temperature=0.5, where=where)
+        dropped = _quadrature_loss(logits[:, :3], labels, temperature=0.5)
+        grad = jax.grad(
+            lambda x: jnp.sum(_quadrature_loss(x, labels, temperature=0.5, where=where))
+        )(logits)
+    np.testing.assert_allclose(masked, dropped, rtol=1e-12)
+    np.testing.assert_array_equal(grad[:, 3], 0.0)
+
+
+def test_truncation_lower_bounds_the_loss():
+    logits = testing.random_logits(5, (6, 8)).astype(np.float32)
+    labels = testing.random_labels(5, (6,), 8)
+    full = _quadrature_loss(logits, labels, temperature=1.0)
+    truncated = jaxloss.exact_loss(
+        logits, labels, key=jax.random.key(0), temperature=1.0, truncate_classes=3
+    )
+    assert np.all(np.asarray(truncated) <= np.asarray(full) + 0.05)
+    exact_two = jaxloss.exact_loss(logits, labels, key=None, temperature=1.0, truncate_classes=1)
+    want = exact_numpy(logits, labels, temperature=1.0, truncate=1)
+    np.testing.assert_allclose(exact_two, want, atol=2e-6)
+
+
+def test_key_determinism_axis_and_dtypes():
+    logits = testing.random_logits(6, (4, 5), dtype=np.float32)
+    labels = testing.random_labels(6, (4,), 5)
+    key = jax.random.key(7)
+    loss = jax.jit(lambda x, k: jaxloss.exact_loss(x, labels, key=k, temperature=1.0))
+    a, b = loss(logits, key), loss(logits, key)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, loss(logits, jax.random.key(8)))
+    moved = jaxloss.exact_loss(logits.T, labels, key=key, temperature=1.0, axis=0)
+    np.testing.assert_allclose(moved, a, rtol=1e-6)
+    half = jaxloss.exact_loss(logits.astype(jnp.bfloat16), labels, key=key, temperature=1.0)
+    assert half.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("method", ["genz", "quadrature"])
+def test_extreme_logits_are_finite(method):
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4], [5.0, 5.0, 5.0]], np.float32)
+    labels = np.array([0, 0, 1])
+    key = jax.random.key(0)
+    for kwargs in [{}, {"temperature": 0.1, "margin": 2.0}, {"temperature": 0.01}]:
+        fn = lambda x, kw=kwargs: jaxloss.exact_loss(  # noqa: E731
+            x, labels, key=key, method=method, **kw
+        )
+        testing.assert_finite_value_and_grad(fn, logits)
+    # Hopeless row gives loss 1, not NaN.
+    loss = jaxloss.exact_loss(logits, labels, key=key, method=method)
+    np.testing.assert_allclose(loss[:2], [0.0, 1.0], atol=1e-6)
+    constant = np.zeros((3, 4), np.float32)
+    fn = lambda x: jaxloss.exact_loss(x, labels, key=key, temperature=1.0, method=method)  # noqa: E731
+    testing.assert_finite_value_and_grad(fn, constant)
+    np.testing.assert_allclose(fn(constant), 0.75, atol=0.05 if method == "genz" else 1e-6)
+
+
+def test_bad_inputs():
+    logits = np.zeros((2, 3), np.float32)
+    labels = np.array([0, 1])
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="margin=1.0 requires a temperature"):
+        jaxloss.exact_loss(logits, labels, key=key, margin=1.0)
+    with pytest.raises(ValueError, match="temperature must be in"):
+        jaxloss.exact_loss(logits, labels, key=key, temperature=0.0)
+    with pytest.raises(ValueError, match="key is required"):
+        jaxloss.exact_loss(logits, labels, key=None)
+    with pytest.raises(ValueError, match="truncate_classes"):
+        jaxloss.exact_loss(logits, labels, key=key, truncate_classes=0)
+    with pytest.raises(ValueError, match="at least 2"):
+        jaxloss.exact_loss(logits[:, :1], labels, key=key)
+    with pytest.raises(TypeError, match="integer"):
+        jaxloss.exact_loss(logits, labels.astype(np.float32), key=key)
+
+
+@pytest.mark.slow
+def test_normalization_statistics_are_global_under_sharding():
+    out = testing.run_on_devices(
+        """
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        import jaxloss
+
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+        x = jax.random.normal(jax.random.key(0), (16, 5)) * 2.0
+        y = jax.random.randint(jax.random.key(1), (16,), 0, 5)
+        kw = dict(key=None, temperature=0.7, margin=1.0, method="quadrature")
+        ref = jaxloss.exact_loss(x, y, **kw)
+
+        xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+        ys = jax.device_put(y, NamedSharding(mesh, P("data")))
+        jitted = jax.jit(lambda a, b: jaxloss.exact_loss(a, b, **kw))(xs, ys)
+        key = jax.random.key(3)
+        genz = jax.jit(lambda a, b: jaxloss.exact_loss(a, b, key=key, temperature=0.7))
+        genz_ref = jaxloss.exact_loss(x, y, key=key, temperature=0.7)
+
+        def mapped(axis_name):
+            return jax.shard_map(
+                lambda a, b: jaxloss.exact_loss(a, b, axis_name=axis_name, **kw),
+                mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P("data"),
+            )(xs, ys)
+
+        per_device = np.concatenate(
+            [jaxloss.exact_loss(x[i:i + 4], y[i:i + 4], **kw) for i in range(0, 16, 4)]
+        )
+        print(float(jnp.max(jnp.abs(jitted - ref))))
+        print(float(jnp.max(jnp.abs(genz(xs, ys) - genz_ref))))
+        print(float(jnp.max(jnp.abs(mapped("data") - ref))))
+        print(float(jnp.max(jnp.abs(mapped(None) - per_device))))
+        print(float(jnp.max(jnp.abs(mapped(None) - ref))))
+        """
+    )
+    jit_err, genz_err, global_err, local_err, local_vs_global = map(float, out.split())
+    assert jit_err < 1e-6 and genz_err < 1e-6 and global_err < 1e-6 and local_err < 1e-6
+    assert local_vs_global > 1e-3
