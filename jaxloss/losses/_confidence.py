@@ -51,12 +51,14 @@ def confidence_penalty_loss(
     """
     _validation.check_in_range("beta", beta, lower=0.0)
     inputs = _validation.prepare(logits, labels, axis=axis, where=where)
-    log_probs = _softmax.log_softmax(inputs.logits, inputs.where)
-    # Masked classes have p = 0 and log p = -inf: replace the log, not the product, so that
-    # neither the value nor the gradient ever forms 0 * inf.
-    finite_log_probs = jnp.where(jnp.isneginf(log_probs), 0.0, log_probs)
-    entropy = -jnp.sum(jnp.exp(log_probs) * finite_log_probs, axis=-1)
-    ce = -_softmax.label_value(log_probs, inputs.labels)
+    logits = _softmax.shifted_logits(inputs.logits, inputs.where)
+    log_normalizer = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    probs = jnp.exp(logits - log_normalizer)
+    # H(p) = log Z - Σ p_k z_k. Masked classes have p = 0 and z = -inf: zero their logit rather
+    # than the product, so that neither the value nor the gradient forms 0 * inf.
+    finite_logits = jnp.where(jnp.isneginf(logits), 0.0, logits)
+    entropy = log_normalizer[..., 0] - jnp.sum(probs * finite_logits, axis=-1)
+    ce = log_normalizer[..., 0] - _softmax.label_value(logits, inputs.labels)
     return (ce - beta * entropy).astype(inputs.out_dtype)
 
 
@@ -103,13 +105,14 @@ def softmax_focal_loss(
     """
     _validation.check_in_range("gamma", gamma, lower=0.0)
     inputs = _validation.prepare(logits, labels, axis=axis, where=where, min_classes=2)
-    log_probs = _softmax.log_softmax(inputs.logits, inputs.where)
-    log_p_y = _softmax.label_value(log_probs, inputs.labels)
-    log_rest = _softmax.log_one_minus_label_prob(log_probs, inputs.labels)
+    logits = _softmax.shifted_logits(inputs.logits, inputs.where)
+    log_normalizer = jax.nn.logsumexp(logits, axis=-1)
+    log_p_y = _softmax.label_value(logits, inputs.labels) - log_normalizer
+    log_rest = _softmax.logsumexp_others(logits, inputs.labels) - log_normalizer
     loss = -jnp.exp(gamma * log_rest) * log_p_y
     if alpha is not None:
         weights = _validation.check_class_vector(
             "alpha", alpha, inputs.num_classes, positive=False
-        ).astype(log_probs.dtype)
+        ).astype(logits.dtype)
         loss = weights[inputs.labels] * loss
     return loss.astype(inputs.out_dtype)

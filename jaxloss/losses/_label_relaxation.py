@@ -62,10 +62,11 @@ def label_relaxation_loss(
     """
     _validation.check_in_range("alpha", alpha, lower=0.0, upper=1.0, upper_open=True)
     inputs = _validation.prepare(logits, labels, axis=axis, where=where, min_classes=2)
-    log_probs = _softmax.log_softmax(inputs.logits, inputs.where)
-    log_p_y = _softmax.label_value(log_probs, inputs.labels)
-    log_rest = _softmax.log_one_minus_label_prob(log_probs, inputs.labels)
-    alpha = jnp.asarray(alpha, log_probs.dtype)
+    logits = _softmax.shifted_logits(inputs.logits, inputs.where)
+    log_normalizer = jax.nn.logsumexp(logits, axis=-1)
+    log_p_y = _softmax.label_value(logits, inputs.labels) - log_normalizer
+    log_rest = _softmax.logsumexp_others(logits, inputs.labels) - log_normalizer
+    alpha = jnp.asarray(alpha, logits.dtype)
     # xlogy keeps alpha = 0 at exactly 0 instead of 0 * log(0) = NaN.
     outside = (
         xlogy(1.0 - alpha, 1.0 - alpha)

@@ -231,6 +231,17 @@ def test_extreme_logits_float32_are_finite_and_accurate(name, label):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("offset", [-1e3, 1e4])
+def test_large_offsets_keep_float32_precision(name, offset):
+    # At |z| = 1e4 a float32 ulp is 1e-3: the losses must subtract the row maximum first.
+    fn, oracle = CASES[name]
+    z = (testing.random_logits(11, (6, NUM_CLASSES), scale=2.0) + offset).astype(np.float32)
+    y = testing.random_labels(11, (6,), NUM_CLASSES)
+    got = np.asarray(fn(jnp.asarray(z), jnp.asarray(y)), dtype=np.float64)
+    np.testing.assert_allclose(got, oracle(z.astype(np.float64), y), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_bfloat16_inputs_are_computed_in_float32(name):
     fn, _ = CASES[name]
     z = jnp.asarray(testing.random_logits(8, (6, NUM_CLASSES), dtype=np.float32))
