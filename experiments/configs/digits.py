@@ -1,17 +1,53 @@
 """Default config: a small MLP on scikit-learn's 8x8 digits, 3 seeds, in seconds on a CPU.
 
-    python experiments/main.py --config experiments/configs/digits.py --workdir /tmp/digits \
-        --config.loss.name=label_relaxation --config.loss.hyperparameters.alpha=0.1
+    python experiments/main.py --config experiments/configs/digits.py:label_relaxation \
+        --workdir /tmp/digits --config.loss.hyperparameters.alpha=0.2
 
-Every other config starts from this one and changes what differs. The MLP is 256-256 to stay fast;
-the label relaxation paper's MNIST model (``simple_dense``) is ``model.hidden_sizes=(1024, 1024)``.
+The text after ``:`` names the loss (default ``cross_entropy``); its hyperparameters start from
+:data:`LOSS_HYPERPARAMETERS` (the papers' defaults) and can be overridden one by one. Every other
+config starts from this one and changes what differs. The MLP is 256-256 to stay fast; the label
+relaxation paper's MNIST model (``simple_dense``) is ``model.hidden_sizes=(1024, 1024)``.
 """
 
 import ml_collections
 
+# Default hyperparameters of every registered loss (jaxloss.available_losses()).
+LOSS_HYPERPARAMETERS = {
+    "cross_entropy": {},
+    "label_smoothing": {"alpha": 0.1},
+    "exact": {"sample_size": 16},
+    "smooth_topk_svm": {"k": 5, "alpha": 1.0, "tau": 1.0},
+    "topk_svm": {"k": 5, "alpha": 1.0},
+    "balanced_noised_topk": {"k": 5, "epsilon": 1.0, "n_samples": 5},
+    "imbalanced_noised_topk": {
+        "k": 5,
+        "epsilon": 0.01,
+        "max_m": 0.2,
+        "scale": 50.0,
+        "n_samples": 5,
+    },
+    "ldam": {"max_m": 0.5, "scale": 30.0},
+    "label_relaxation": {"alpha": 0.1},
+    "confidence_penalty": {"beta": 0.3},
+    "focal": {"gamma": 2.0},
+    "balanced_softmax": {},
+    "logit_adjusted": {"tau": 1.0},
+}
+# Losses designed for scaled cosine scores (a normalized last layer) rather than free logits.
+COSINE_HEAD_LOSSES = ("ldam", "imbalanced_noised_topk")
 
-def get_config() -> ml_collections.ConfigDict:
-    """The digits config; see the module docstring for the command line."""
+
+def set_loss(config: ml_collections.ConfigDict, loss: str) -> None:
+    """Sets the loss, its default hyperparameters and the head it is designed for."""
+    if loss not in LOSS_HYPERPARAMETERS:
+        raise ValueError(f"Unknown loss {loss!r}. Available: {', '.join(LOSS_HYPERPARAMETERS)}.")
+    config.loss.name = loss
+    config.loss.hyperparameters = ml_collections.ConfigDict(LOSS_HYPERPARAMETERS[loss])
+    config.model.head = "cosine" if loss in COSINE_HEAD_LOSSES else "linear"
+
+
+def get_config(loss: str = "cross_entropy") -> ml_collections.ConfigDict:
+    """The digits config with ``loss``; see the module docstring for the command line."""
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.num_seeds = 3
@@ -46,8 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.min_variance = 1.0  # exact head
 
     config.loss = ml_collections.ConfigDict()
-    config.loss.name = "cross_entropy"
-    config.loss.hyperparameters = ml_collections.ConfigDict()
+    set_loss(config, loss)
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "sgd"

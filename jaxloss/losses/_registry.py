@@ -23,7 +23,7 @@ __all__ = ["available_losses", "get_loss"]
 LossFn = Callable[..., jax.Array]
 
 # Keyword arguments of the library's losses that are plumbing, not hyperparameters.
-_PLUMBING = frozenset({"key", "axis", "where", "noise", "uniforms"})
+_PLUMBING = frozenset({"key", "axis", "axis_name", "where", "noise", "uniforms"})
 
 
 def _cross_entropy(logits, labels):

@@ -6,7 +6,6 @@ tests can call it too.
 
 from __future__ import annotations
 
-import copy
 import csv
 import dataclasses
 import os
@@ -53,59 +52,42 @@ def _higher_is_better(metric: str) -> bool:
     return metric not in ("ece", "nll")
 
 
-def _merge(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
-    for key, value in overrides.items():
-        if isinstance(value, Mapping):
-            _merge(config[key], value)
-        else:
-            config[key] = value
-
-
 def run_config(
-    base: ml_collections.ConfigDict,
-    loss_name: str,
-    loss_spec: Mapping[str, Any],
-    *,
-    num_seeds: int,
+    setup_module: Any, loss: str, *, num_seeds: int, top_k: int
 ) -> ml_collections.ConfigDict:
-    """The config of one cell: ``base`` with the loss, its hyperparameters and overrides.
+    """The config of one cell: the setup's own config for ``loss``, with the comparison's settings.
 
-    ``loss_spec`` is ``{"hyperparameters": {...}, "overrides": {...}}``; overrides are nested like
-    the config, e.g. ``{"model": {"head": "cosine"}}``.
+    ``setup_module`` is an experiment config module (``experiments/configs/<setup>.py``) whose
+    ``get_config(loss)`` sets the loss and its default hyperparameters. The comparison fixes the
+    number of seeds and the top-k cut-off of the metrics and of the top-k losses, turns off the
+    progress bar and checkpoints (a comparison is re-run, not resumed), and changes nothing else.
     """
-    config = copy.deepcopy(base)
-    with config.unlocked():
-        config.num_seeds = num_seeds
-        config.loss.name = loss_name
-        config.loss.hyperparameters = ml_collections.ConfigDict(
-            dict(loss_spec.get("hyperparameters", {}))
-        )
-        _merge(config, loss_spec.get("overrides", {}))
+    config = setup_module.get_config(loss)
+    config.num_seeds = num_seeds
+    config.top_k = top_k
+    if "k" in config.loss.hyperparameters:
+        config.loss.hyperparameters.k = top_k
+    config.progress_bar = False
+    config.checkpoint_every_epochs = 0
     return config
 
 
 def run_grid(
-    setups: Mapping[str, ml_collections.ConfigDict],
-    losses: Mapping[str, Mapping[str, Any]],
+    configs: Mapping[str, Mapping[str, ml_collections.ConfigDict]],
     workdir: str,
     *,
-    num_seeds: int,
     log=print,
 ) -> list[RunResult]:
-    """Trains every loss on every setup with ``num_seeds`` seeds (vmapped in one step)."""
+    """Runs ``configs[setup][loss]`` for every cell; each run trains all its seeds in one step."""
     results = []
-    for setup_name, base in setups.items():
-        for loss_name, spec in losses.items():
-            config = run_config(base, loss_name, spec, num_seeds=num_seeds)
+    for setup_name, by_loss in configs.items():
+        for loss_name, config in by_loss.items():
             start = time.perf_counter()
             out = train_and_evaluate(config, os.path.join(workdir, setup_name, loss_name))
             seconds = time.perf_counter() - start
             best = out["best"]
-            k = config.get("top_k", 5)
-            metrics = {
-                m: np.asarray(best[f"test/{m}"])
-                for m in metric_names(min(k, len(out["class_names"])))
-            }
+            k = min(config.top_k, len(out["class_names"]))
+            metrics = {m: np.asarray(best[f"test/{m}"]) for m in metric_names(k)}
             results.append(
                 RunResult(
                     setup=setup_name,

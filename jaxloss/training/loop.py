@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from jaxloss import data
 from jaxloss.training import logs
@@ -296,6 +297,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             best = _update_best(best, record, test_logits, selection)
             history.append(record)
             logger.write(record)
+            logging.info(
+                "epoch %d: train loss %.4f, validation accuracy %.4f, test accuracy %.4f "
+                "(means over %d seeds)",
+                epoch,
+                record["train/loss"].mean(),
+                record["validation/accuracy"].mean(),
+                record["test/accuracy"].mean(),
+                config.num_seeds,
+            )
             last = epoch == config.num_epochs - 1
             if checkpointer is not None and (
                 last or (epoch + 1) % config.checkpoint_every_epochs == 0

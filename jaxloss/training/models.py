@@ -204,8 +204,8 @@ class ExactHead(LinearHead):
         log_variance = self.log_initial_variance + progress * (
             self.log_min_variance - self.log_initial_variance
         )
-        self.variance.value = jnp.exp(log_variance).astype(jnp.float32)
-        return {"temperature": jnp.sqrt(self.variance.value)}
+        self.variance[...] = jnp.exp(log_variance).astype(jnp.float32)
+        return {"temperature": jnp.sqrt(self.variance[...])}
 
 
 class CosineHead(nnx.Module):

@@ -1,0 +1,29 @@
+r"""Trains and evaluates one loss on one setup.
+
+    python experiments/main.py --config experiments/configs/digits.py --workdir /tmp/digits \
+        [--config.loss.name=exact --config.num_seeds=5 ...]
+
+The config file picks the setup (see ``experiments/configs``); ``--config.<field>=<value>`` overrides
+any field. Running again with the same workdir resumes from its latest checkpoint.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxloss.training import train_and_evaluate
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and config.")
+config_flags.DEFINE_config_file(
+    "config", "experiments/configs/digits.py", "Experiment config file.", lock_config=True
+)
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
