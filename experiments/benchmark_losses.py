@@ -69,9 +69,62 @@ def closed_form_cases() -> list[Case]:
     return cases
 
 
+def noised_topk_cases() -> list[Case]:
+    """The pytopk rows (batch, classes, k, n_samples), and ldam_loss (closed form) for scale."""
+    cases = []
+    for batch, classes, k, samples in ((256, 100, 5, 10), (256, 1000, 5, 10), (256, 1000, 5, 100)):
+        counts = jnp.arange(1.0, classes + 1.0)
+
+        def balanced(x, y, key, k=k, s=samples):
+            return jaxloss.balanced_noised_topk_loss(x, y, k=k, epsilon=1.0, n_samples=s, key=key)
+
+        def imbalanced(x, y, key, k=k, s=samples, c=counts):
+            return jaxloss.imbalanced_noised_topk_loss(
+                x, y, class_counts=c, k=k, epsilon=0.01, max_m=0.2, n_samples=s, key=key
+            )
+
+        for name, fn in (
+            ("balanced_noised_topk", balanced),
+            ("imbalanced_noised_topk", imbalanced),
+        ):
+            cases.append(Case("noised_topk", f"{name} k={k} S={samples}", batch, classes, fn))
+        if samples == 10:
+            ldam = lambda x, y, key, c=counts: jaxloss.ldam_loss(x, y, class_counts=c)  # noqa: E731
+            cases.append(Case("noised_topk", "ldam", batch, classes, ldam))
+    return cases
+
+
+def exact_cases() -> list[Case]:
+    """EXACT at T = 1 (batch-normalized logits): Genz (batch, classes, N[, truncation]), quadrature."""
+    cases = []
+    for batch, classes, samples, truncate in (
+        (256, 10, 16, None),
+        (256, 100, 16, None),
+        (128, 100, 64, None),
+        (256, 1000, 16, 128),
+    ):
+
+        def genz(x, y, key, n=samples, t=truncate):
+            return jaxloss.exact_loss(
+                x, y, key=key, temperature=1.0, sample_size=n, truncate_classes=t
+            )
+
+        name = f"exact genz N={samples}" + ("" if truncate is None else f" trunc={truncate}")
+        cases.append(Case("exact", name, batch, classes, genz))
+    for batch, classes in SHAPES:
+
+        def quadrature(x, y, key):
+            return jaxloss.exact_loss(x, y, key=None, temperature=1.0, method="quadrature")
+
+        cases.append(Case("exact", "exact quadrature", batch, classes, quadrature))
+    return cases
+
+
 # Each loss family contributes one function returning its cases.
 CASE_GROUPS: dict[str, Callable[[], list[Case]]] = {
     "closed_form": closed_form_cases,
+    "noised_topk": noised_topk_cases,
+    "exact": exact_cases,
 }
 
 
