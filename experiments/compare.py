@@ -6,6 +6,7 @@ Writes ``results.md``, ``results.csv`` and ``*.png`` into the workdir (one sub-f
 run) and prints the table. The logic lives in :mod:`jaxloss.training.comparison`.
 """
 
+import importlib
 import os
 
 from absl import app, flags
@@ -22,17 +23,22 @@ _WORKDIR = flags.DEFINE_string("workdir", "results", "Where tables, plots and ru
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     config = _CONFIG.value
-    grid = config.grid.to_dict()
-    chosen = [name.strip() for name in config.losses.split(",") if name.strip()] or list(grid)
-    unknown = sorted(set(chosen) - set(grid))
-    if unknown:
-        raise app.UsageError(f"unknown losses {unknown}; the grid has {sorted(grid)}")
-    setups = dict(config.setups.items())
-    results = comparison.run_grid(
-        setups, {name: grid[name] for name in chosen}, _WORKDIR.value, num_seeds=config.num_seeds
-    )
+    configs = {
+        setup: {
+            loss: comparison.run_config(
+                importlib.import_module(f"configs.{setup}"),
+                loss,
+                num_seeds=config.num_seeds,
+                top_k=config.top_k,
+            )
+            for loss in config.losses
+        }
+        for setup in config.setups
+    }
+    results = comparison.run_grid(configs, _WORKDIR.value)
     table = comparison.write_report(
         results,
         _WORKDIR.value,
