@@ -134,31 +134,60 @@ def _poly_mul(p, q, degree):
     return out
 
 
-def _esf_tree(y, degree):
-    """ESF 1..degree of y along the last axis (linear space, y >= 0) by a balanced product tree."""
-    n = y.shape[-1]
-    size = 1 << max(n - 1, 0).bit_length()
-    coeffs = [jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, size - n)])]
-    while coeffs[0].shape[-1] > 1:
-        half = coeffs[0].shape[-1] // 2
-        left = [c[..., :half] for c in coeffs]
-        right = [c[..., half:] for c in coeffs]
-        coeffs = _poly_mul(left, right, min(2 * len(coeffs), degree))
-    return [c[..., 0] for c in coeffs] + [jnp.zeros_like(y[..., 0])] * (degree - len(coeffs))
+def _times_linear(coeffs, v):
+    """(1 + c_1 T + ...) (1 + v T), truncated to the same degree."""
+    return [coeffs[0] + v] + [coeffs[m] + v * coeffs[m - 1] for m in range(1, len(coeffs))]
 
 
-def _exclusive_scan(y, degree, reverse):
-    """ESF 1..degree of y[..., :i] (or y[..., i+1:] with ``reverse``) for every i."""
-    coeffs = [y] + [jnp.zeros_like(y)] * (degree - 1)
+def _chains(y):
+    """(M, n) -> (L, M, G), zero padded: chain g holds entries g, G + g, 2G + g, ...
 
-    def combine(p, q):
-        # associative_scan hands the earlier block first; the product commutes anyway.
-        return tuple(_poly_mul(list(p), list(q), degree))
+    ESFs do not depend on the order of the entries, so interleaved chains are as good as blocks and
+    each step of a scan over L reads one contiguous slice of every row.
+    """
+    rows, n = y.shape
+    chains = max(1, math.isqrt(n))
+    length = -(-n // chains)
+    y = jnp.pad(y, ((0, 0), (0, length * chains - n)))
+    return y.reshape(rows, length, chains).transpose(1, 0, 2)
 
-    scanned = lax.associative_scan(combine, tuple(coeffs), reverse=reverse, axis=y.ndim - 1)
-    pad = [(0, 0)] * (y.ndim - 1) + ([(0, 1)] if reverse else [(1, 0)])
-    sl = slice(1, None) if reverse else slice(None, -1)
-    return [jnp.pad(c[..., sl], pad) for c in scanned]
+
+def _scan_product(polys, degree, reverse=False):
+    """Sequential product over the leading axis of polynomials (coefficient lists), exclusive."""
+    init = [jnp.zeros_like(polys[0][0])] * degree
+
+    def step(carry, poly):
+        return _poly_mul(carry, list(poly), degree), carry
+
+    return lax.scan(step, init, tuple(polys), reverse=reverse)
+
+
+def _chain_scan(chained, degree, reverse=False):
+    init = [jnp.zeros_like(chained[0])] * degree
+    return lax.scan(lambda c, v: (_times_linear(c, v), c), init, chained, reverse=reverse)
+
+
+def _rest_esf(y, degree):
+    """ESF 1..degree of y >= 0 along the last axis of (M, n), in linear space: O(n k) work."""
+    totals, _ = _chain_scan(_chains(y), degree)
+    product, _ = _scan_product([t.T for t in totals], degree)
+    return product
+
+
+def _rest_esf_without_each(y, degree):
+    """ESF 1..degree of y without entry i, for every i: list of (M, n) arrays, subtraction-free."""
+    rows, n = y.shape
+    chained = _chains(y)
+    totals, before = _chain_scan(chained, degree)
+    _, after = _chain_scan(chained, degree, reverse=True)
+    same_chain = _poly_mul(before, after, degree)
+    per_chain = [t.T for t in totals]
+    _, chains_before = _scan_product(per_chain, degree)
+    _, chains_after = _scan_product(per_chain, degree, reverse=True)
+    other_chains = [c.T[None] for c in _poly_mul(chains_before, chains_after, degree)]
+    out = _poly_mul(same_chain, other_chains, degree)
+    length, _, chains = chained.shape
+    return [c.transpose(1, 0, 2).reshape(rows, length * chains)[:, :n] for c in out]
 
 
 def top_k(x, k):
@@ -180,7 +209,7 @@ def _split(x, K):
         in_top = jnp.any(top_index[..., :, None] == jnp.arange(n), axis=-2)
         # min(., 0) keeps the discarded top entries from overflowing exp.
         y = jnp.where(in_top, 0.0, jnp.exp(jnp.minimum(x - xw[..., None], 0.0)))
-        e = [jnp.ones_like(xw)] + _esf_tree(y, K)
+        e = [jnp.ones_like(xw)] + _rest_esf(y, K)
     else:
         xw, y = t[..., -1], None
         e = [jnp.ones_like(xw)] + [jnp.zeros_like(xw)] * K
@@ -189,7 +218,9 @@ def _split(x, K):
 
 def _assemble(t, rho):
     cumulative = jnp.cumsum(t, axis=-1)
-    logs = [jnp.zeros_like(rho[0])] + [cumulative[..., j - 1] + jnp.log(rho[j]) for j in range(1, len(rho))]
+    logs = [jnp.zeros_like(rho[0])] + [
+        cumulative[..., j - 1] + jnp.log(rho[j]) for j in range(1, len(rho))
+    ]
     return jnp.stack(logs, axis=-1)
 
 
@@ -237,12 +268,8 @@ def _log_esf_bwd(K, residuals, cotangent):
     ]
     if K == 1:
         return (grad + y * weights[0][..., None],)
-    prefix = [jnp.ones_like(y)] + _exclusive_scan(y, K - 1, reverse=False)
-    suffix = [jnp.ones_like(y)] + _exclusive_scan(y, K - 1, reverse=True)
-    total = jnp.zeros_like(y)
-    for a in range(K):
-        inner = sum(weights[a + b][..., None] * suffix[b] for b in range(K - a))
-        total = total + prefix[a] * inner
+    without = _rest_esf_without_each(y, K - 1)
+    total = weights[0][..., None] + sum(weights[m][..., None] * without[m - 1] for m in range(1, K))
     return (grad + y * total,)
 
 
