@@ -38,6 +38,12 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
+            # Named handlers let a fresh manager read a checkpoint's metadata before restoring.
+            item_handlers={
+                "state": ocp.StandardCheckpointHandler(),
+                "best": ocp.StandardCheckpointHandler(),
+                "history": ocp.JsonCheckpointHandler(),
+            },
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True
             ),

@@ -29,6 +29,8 @@ __all__ = ["load_datasets", "train_and_evaluate"]
 SPLITS = ("validation", "test")
 # Settings that change how a run is watched, not what it computes: they may differ on resume.
 _COSMETIC = frozenset({"progress_bar", "log_every_steps"})
+# Selection metrics for which lower is better; the others are accuracies.
+_LOWER_IS_BETTER = frozenset({"ece", "nll"})
 
 
 def load_datasets(config: ml_collections.ConfigDict) -> dict[str, data.Dataset]:
@@ -167,10 +169,11 @@ def _empty_best(num_seeds: int, splits: dict, metric_names: list[str]) -> dict:
 
 
 def _update_best(best: dict, record: dict, test_logits: np.ndarray, selection: str) -> dict:
-    """Keeps, per seed, the epoch with the highest validation ``selection`` metric (first wins)."""
+    """Keeps, per seed, the epoch with the best validation ``selection`` metric (first wins)."""
     score = record[f"validation/{selection}"]
     previous = best[f"validation/{selection}"]
-    better = (best["epoch"] < 0) | (score > previous)
+    improved = score < previous if selection in _LOWER_IS_BETTER else score > previous
+    better = (best["epoch"] < 0) | improved
     updated = {"epoch": np.where(better, record["epoch"], best["epoch"])}
     for key, value in best.items():
         if key in ("epoch", "test_probs"):
@@ -187,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains ``config.num_seeds`` models and evaluates them on validation and test every epoch.
 
     The best epoch of each model is chosen on the validation split (``config.selection_metric``,
-    default accuracy), never on test. The run writes ``config.json``, ``metrics.jsonl``
+    default accuracy; lowest for ``ece`` and ``nll``, highest otherwise), never on test. The run writes ``config.json``, ``metrics.jsonl``
     (one line per epoch), TensorBoard events (``tensorboard/``) and Orbax checkpoints
     (``checkpoints/``, every ``config.checkpoint_every_epochs`` epochs; 0 disables them) into
     ``workdir``, and resumes from the latest checkpoint found there.
@@ -245,6 +248,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             jax.ShapeDtypeStruct((1,), jnp.bool_),
         )
     )
+    selection = config.get("selection_metric", "accuracy")
+    if selection not in metric_names or selection == "per_class_recall":
+        raise ValueError(
+            f"selection_metric {selection!r} is not a metric; choose one of "
+            f"{', '.join(n for n in metric_names if n != 'per_class_recall')}."
+        )
     best = _empty_best(config.num_seeds, splits, metric_names)
     history: list[dict] = []
 
@@ -262,7 +271,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ]
         start_epoch = latest + 1
     logger = logs.MetricLogger(workdir, history=history)
-    selection = config.get("selection_metric", "accuracy")
     try:
         for epoch in range(start_epoch, config.num_epochs):
             state, losses, accuracies = _train_epoch(
@@ -289,11 +297,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 steps, state, splits, batch_size=config.eval_batch_size, k=k
             )
             record.update(values)
-            if f"validation/{selection}" not in record:
-                raise ValueError(
-                    f"selection_metric {selection!r} is not a metric; choose one of "
-                    f"{', '.join(metric_names)}."
-                )
             best = _update_best(best, record, test_logits, selection)
             history.append(record)
             logger.write(record)
