@@ -21,8 +21,11 @@ from jaxloss.losses._noised_topk import (
     ldam_margins,
 )
 from jaxloss.losses._registry import available_losses, get_loss
+from jaxloss.losses._topk_svm import smooth_topk_svm_loss, topk_svm_loss
 
 __all__ = [
+    "smooth_topk_svm_loss",
+    "topk_svm_loss",
     "available_losses",
     "get_loss",
     "balanced_softmax_loss",
