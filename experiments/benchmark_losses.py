@@ -120,9 +120,34 @@ def exact_cases() -> list[Case]:
     return cases
 
 
+def smooth_topk_cases() -> list[Case]:
+    """Smooth top-k SVM (switch on, as the reference) for (batch, classes, k) and tau in {1, 0.1}."""
+    cases = []
+    for batch, classes, k in ((256, 10, 1), (256, 100, 5), (256, 1000, 5)):
+        for tau in (1.0, 0.1):
+
+            def smooth(x, y, key, k=k, tau=tau):
+                return jaxloss.smooth_topk_svm_loss(x, y, k=k, tau=tau)
+
+            cases.append(
+                Case("smooth_topk", f"smooth_topk k={k} tau={tau}", batch, classes, smooth)
+            )
+        cases.append(
+            Case(
+                "smooth_topk",
+                f"topk_svm (hard) k={k}",
+                batch,
+                classes,
+                lambda x, y, key, k=k: jaxloss.topk_svm_loss(x, y, k=k),
+            )
+        )
+    return cases
+
+
 # Each loss family contributes one function returning its cases.
 CASE_GROUPS: dict[str, Callable[[], list[Case]]] = {
     "closed_form": closed_form_cases,
+    "smooth_topk": smooth_topk_cases,
     "noised_topk": noised_topk_cases,
     "exact": exact_cases,
 }
