@@ -39,6 +39,7 @@ def test_gradients_are_finite_and_match_finite_differences():
         head = jaxloss.nn.CosineClassifier(5, 3, rngs=nnx.Rngs(1), param_dtype=jnp.float64)
         graphdef, state = nnx.split(head)
 
+        @jax.jit
         def scores(x, kernel):
             return nnx.merge(graphdef, jax.tree.map(lambda _: kernel, state))(x)
 
