@@ -82,7 +82,7 @@ def test_gradients_match_finite_differences_with_temperature():
     logits = testing.random_logits(2, (4, 5), scale=1.0)
     labels = testing.random_labels(2, (4,), 5)
     testing.check_grads_f64(
-        lambda x, t: _quadrature_loss(x, labels, temperature=t, margin=0.5), (logits, 0.6)
+        jax.jit(lambda x, t: _quadrature_loss(x, labels, temperature=t, margin=0.5)), (logits, 0.6)
     )
 
 
@@ -121,11 +121,10 @@ def test_where_mask_equals_dropping_the_class():
     labels = np.array([0, 1, 2, 1, 0])
     where = np.array([True, True, True, False])
     with jax.enable_x64(True):
-        masked = _quadrature_loss(logits, labels, temperature=0.5, where=where)
-        dropped = _quadrature_loss(logits[:, :3], labels, temperature=0.5)
-        grad = jax.grad(
-            lambda x: jnp.sum(_quadrature_loss(x, labels, temperature=0.5, where=where))
-        )(logits)
+        masked_loss = lambda x: _quadrature_loss(x, labels, temperature=0.5, where=where)  # noqa: E731
+        masked = jax.jit(masked_loss)(logits)
+        grad = jax.jit(jax.grad(lambda x: jnp.sum(masked_loss(x))))(logits)
+        dropped = jax.jit(lambda x: _quadrature_loss(x, labels, temperature=0.5))(logits[:, :3])
     np.testing.assert_allclose(masked, dropped, rtol=1e-12)
     np.testing.assert_array_equal(grad[:, 3], 0.0)
 
