@@ -147,7 +147,7 @@ def smooth_topk_svm_loss(
       >>> logits = jnp.array([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0]])
       >>> labels = jnp.array([1, 0])
       >>> print(jnp.round(jaxloss.smooth_topk_svm_loss(logits, labels, k=2), 4))
-      [0.7452 2.0337]
+      [1.0633 2.1269]
       >>> print(jnp.round(jaxloss.smooth_topk_svm_loss(logits, labels, k=2, tau=0.01), 4))
       [0.5 2. ]
 
