@@ -170,18 +170,18 @@ class LinearHead(nnx.Module):
             logits = jnp.concatenate([jnp.zeros_like(logits[..., :1]), logits], axis=-1)
         return logits
 
-    def loss_hyperparameters(self, progress: jax.Array) -> dict:
-        del progress
+    def loss_hyperparameters(self, epoch: jax.Array, num_epochs: int) -> dict:
+        del epoch, num_epochs
         return {}
 
 
 class ExactHead(LinearHead):
     """EXACT's classifier: a linear head plus a frozen variance on a geometric schedule.
 
-    The variance decays from ``initial_variance`` at the start of training to ``min_variance`` at its
-    end, ``v = exp(log v0 + (log v_min - log v0) * progress)``, progress = epoch / num_epochs in
-    [0, 1); the loss's temperature (noise std) is ``sqrt(v)``. The EXACT paper's vision setup uses
-    v0 = 100 and v_min = 1; its UCI temperature schedule T = 10 -> 0.01 is v0 = 100, v_min = 1e-4.
+    The variance follows :func:`jaxloss.optim.variance_schedule` per epoch, from
+    ``initial_variance`` down towards ``min_variance``; the loss's temperature (noise std) is
+    ``sqrt(v)``. The EXACT paper's vision setup uses v0 = 100 and v_min = 1; its UCI temperature
+    schedule T = 10 -> 0.01 is v0 = 100, v_min = 1e-4.
     """
 
     def __init__(
@@ -195,16 +195,18 @@ class ExactHead(LinearHead):
         rngs: nnx.Rngs,
     ):
         super().__init__(in_features, num_classes, zero_logit=zero_logit, rngs=rngs)
-        self.log_initial_variance = math.log(initial_variance)
-        self.log_min_variance = math.log(min_variance)
+        self.initial_variance = initial_variance
+        self.min_variance = min_variance
         self.variance = FrozenVariance(jnp.asarray(initial_variance, jnp.float32))
 
-    def loss_hyperparameters(self, progress: jax.Array) -> dict:
-        """Sets the variance for ``progress`` (an epoch fraction) and returns the temperature."""
-        log_variance = self.log_initial_variance + progress * (
-            self.log_min_variance - self.log_initial_variance
+    def loss_hyperparameters(self, epoch: jax.Array, num_epochs: int) -> dict:
+        """Sets the variance of ``epoch`` (of ``num_epochs``) and returns the loss temperature."""
+        from jaxloss import optim
+
+        schedule = optim.variance_schedule(
+            num_epochs, min_variance=self.min_variance, init_variance=self.initial_variance
         )
-        self.variance[...] = jnp.exp(log_variance).astype(jnp.float32)
+        self.variance[...] = jnp.asarray(schedule(epoch), jnp.float32)
         return {"temperature": jnp.sqrt(self.variance[...])}
 
 
@@ -219,8 +221,8 @@ class CosineHead(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.cosine(x)
 
-    def loss_hyperparameters(self, progress: jax.Array) -> dict:
-        del progress
+    def loss_hyperparameters(self, epoch: jax.Array, num_epochs: int) -> dict:
+        del epoch, num_epochs
         return {}
 
 
@@ -234,9 +236,9 @@ class Classifier(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         return self.head(self.backbone(x, train=train))
 
-    def loss_hyperparameters(self, progress: jax.Array) -> dict:
-        """Loss keyword arguments the model owns (EXACT's temperature), at a training progress."""
-        return self.head.loss_hyperparameters(progress)
+    def loss_hyperparameters(self, epoch: jax.Array, num_epochs: int) -> dict:
+        """Loss keyword arguments the model owns (EXACT's temperature) in ``epoch``."""
+        return self.head.loss_hyperparameters(epoch, num_epochs)
 
 
 def _backbone(config: ml_collections.ConfigDict, input_shape: tuple[int, ...], rngs: nnx.Rngs):

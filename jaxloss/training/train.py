@@ -254,16 +254,15 @@ def make_steps(
         if augment:
             crop_key, flip_key = jax.random.split(augment_key)
             features = data.random_flip(flip_key, data.random_crop(crop_key, features, padding=4))
-        progress = (step // steps_per_epoch).astype(jnp.float32) / num_epochs
+        # The model's own loss hyperparameters (EXACT's scheduled temperature) depend on the
+        # epoch only; they are set outside the differentiated function.
+        model = nnx.merge(graphdef, state["params"], state["rest"])
+        owned = model.loss_hyperparameters(step // steps_per_epoch, num_epochs)
+        loss_fn = get_loss(loss_name, class_counts=class_counts, **loss_hyperparameters, **owned)
+        _, _, scheduled_rest = nnx.split(model, nnx.Param, ...)
 
         def objective(params):
-            model = nnx.merge(graphdef, params, state["rest"])
-            loss_fn = get_loss(
-                loss_name,
-                class_counts=class_counts,
-                **loss_hyperparameters,
-                **model.loss_hyperparameters(progress),
-            )
+            model = nnx.merge(graphdef, params, scheduled_rest)
             logits = model(features, train=True)
             loss = jnp.mean(loss_fn(logits, labels, key=loss_key))
             _, _, rest = nnx.split(model, nnx.Param, ...)

@@ -66,12 +66,12 @@ def test_cosine_head_scores_are_cosines():
 def test_exact_head_variance_follows_the_geometric_schedule_and_is_not_a_param():
     config, input_shape = CASES["exact_head"]
     model = build_model(config, NUM_CLASSES, input_shape, nnx.Rngs(0))
-    assert float(model.loss_hyperparameters(0.0)["temperature"]) == pytest.approx(10.0)
-    assert float(model.loss_hyperparameters(0.5)["temperature"]) == pytest.approx(10**0.5)
+    assert float(model.loss_hyperparameters(0, 2)["temperature"]) == pytest.approx(10.0)
+    assert float(model.loss_hyperparameters(1, 2)["temperature"]) == pytest.approx(10**0.5)
     assert float(model.head.variance[...]) == pytest.approx(10.0)
     params = jax.tree.leaves(nnx.state(model, nnx.Param))
     assert all(p.shape != () for p in params)  # the scalar variance is not trained
-    assert build_model(_config(), NUM_CLASSES, (6,), nnx.Rngs(0)).loss_hyperparameters(0.3) == {}
+    assert build_model(_config(), NUM_CLASSES, (6,), nnx.Rngs(0)).loss_hyperparameters(1, 2) == {}
 
 
 def test_zero_logit_head_pins_class_zero():

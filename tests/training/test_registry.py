@@ -91,3 +91,31 @@ def test_missing_hyperparameter_is_named():
         jaxloss.get_loss("confidence_penalty")
     with pytest.raises(ValueError, match="needs class_counts"):
         jaxloss.get_loss("balanced_softmax")
+
+
+def test_exact_head_feeds_its_scheduled_temperature_to_the_exact_loss():
+    config = tiny_config("exact", num_epochs=2)
+    config.model.update(name="linear", head="exact", initial_variance=100.0, min_variance=1.0)
+    config.optimizer.gradient_normalizer = True
+    steps = train_lib.make_steps(
+        config,
+        num_classes=NUM_CLASSES,
+        input_shape=(12,),
+        class_counts=COUNTS,
+        steps_per_epoch=1,
+        mesh=train_lib.make_mesh(),
+    )
+    keys = train_lib.seed_keys(0, 1)
+    state = steps.init(keys)
+    rng = np.random.default_rng(0)
+    batch = {
+        "features": rng.standard_normal((1, 16, 12)).astype(np.float32),
+        "labels": rng.integers(0, NUM_CLASSES, (1, 16)).astype(np.int32),
+    }
+    variances = []
+    for _ in range(2):  # one step per epoch: epochs 0 and 1 of 2
+        state, stats = steps.train(state, batch, keys)
+        chex.assert_tree_all_finite((state["params"], stats))
+        (variance,) = jax.tree.leaves(state["rest"])
+        variances.append(float(variance[0]))
+    np.testing.assert_allclose(variances, [100.0, 10.0], rtol=1e-5)
