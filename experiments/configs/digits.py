@@ -44,6 +44,10 @@ def set_loss(config: ml_collections.ConfigDict, loss: str) -> None:
     config.loss.name = loss
     config.loss.hyperparameters = ml_collections.ConfigDict(LOSS_HYPERPARAMETERS[loss])
     config.model.head = "cosine" if loss in COSINE_HEAD_LOSSES else "linear"
+    # EXACT's recipe: a head whose frozen variance (the temperature squared) decays over the run,
+    # and its gradient normalizer in place of clipping.
+    config.model.head = "exact" if loss == "exact" else config.model.head
+    config.optimizer.gradient_normalizer = loss == "exact"
 
 
 def get_config(loss: str = "cross_entropy") -> ml_collections.ConfigDict:
@@ -82,7 +86,6 @@ def get_config(loss: str = "cross_entropy") -> ml_collections.ConfigDict:
     config.model.min_variance = 1.0  # exact head
 
     config.loss = ml_collections.ConfigDict()
-    set_loss(config, loss)
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "sgd"
@@ -96,4 +99,5 @@ def get_config(loss: str = "cross_entropy") -> ml_collections.ConfigDict:
     config.optimizer.final_learning_rate = 1e-4  # cosine and exponential schedules
     config.optimizer.gradient_clip_norm = ml_collections.config_dict.placeholder(float)
     config.optimizer.gradient_normalizer = False  # EXACT's normalizer
+    set_loss(config, loss)  # last: it sets fields of the model and the optimizer
     return config

@@ -22,8 +22,6 @@ def get_config(loss: str = "exact"):
     config.top_k = 2
     config.data.name = "wine"
     config.model.name = "linear"
-    if loss == "exact":
-        config.model.head = "exact"
     config.model.zero_logit = True
     config.model.initial_variance = 100.0
     config.model.min_variance = 1e-4
@@ -31,5 +29,4 @@ def get_config(loss: str = "exact"):
     config.optimizer.nesterov = False
     config.optimizer.schedule = "exponential"
     config.optimizer.final_learning_rate = 1e-4
-    config.optimizer.gradient_normalizer = loss == "exact"  # EXACT replaces clipping with it
     return config
