@@ -145,6 +145,13 @@ def write_csv(results: Sequence[RunResult], path: str) -> None:
                 writer.writerow([r.setup, r.loss, m, f"{v.mean():.6f}", f"{std:.6f}", values])
 
 
+def _color(index: int):
+    """Distinct colours for up to 20 losses (the default cycle repeats after 10)."""
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](index % 20)
+
+
 def plot_metric_bars(results: Sequence[RunResult], metric: str, path: str) -> None:
     """Grouped bars: one group per setup, one bar per loss, error bars = std over seeds."""
     import matplotlib
@@ -162,7 +169,15 @@ def plot_metric_bars(results: Sequence[RunResult], metric: str, path: str) -> No
         ]
         means = [c.metrics[metric].mean() if c else np.nan for c in cells]
         stds = [c.metrics[metric].std() if c else 0.0 for c in cells]
-        ax.bar(np.arange(len(setups)) + i * width, means, width, yerr=stds, label=loss, capsize=2)
+        ax.bar(
+            np.arange(len(setups)) + i * width,
+            means,
+            width,
+            yerr=stds,
+            label=loss,
+            capsize=2,
+            color=_color(i),
+        )
     ax.set_xticks(np.arange(len(setups)) + 0.4 - width / 2, setups)
     ax.set_ylabel(f"test {metric}")
     ax.set_title(f"{metric} ({'higher' if _higher_is_better(metric) else 'lower'} is better)")
@@ -209,8 +224,9 @@ def plot_per_class_recall(results: Sequence[RunResult], setup: str, path: str) -
         return
     fig, ax = plt.subplots(figsize=(8, 4.5))
     order = np.argsort(-cells[0].train_class_counts, kind="stable")
-    for cell in cells:
-        ax.plot(np.nanmean(cell.per_class_recall, axis=0)[order], marker="o", ms=3, label=cell.loss)
+    for i, cell in enumerate(cells):
+        recall = np.nanmean(cell.per_class_recall, axis=0)[order]
+        ax.plot(recall, marker="o", ms=3, label=cell.loss, color=_color(i))
     ax.set_xticks(range(len(order)), [f"{c}\n({cells[0].train_class_counts[c]})" for c in order])
     ax.set_xlabel("class (training examples), head to tail")
     ax.set_ylabel("test recall")
