@@ -3,10 +3,11 @@ r"""Forward+backward time and compiled memory of every loss, relative to softmax
 Run:  python experiments/benchmark_losses.py [--groups=closed_form,...] [--repeats=50] [--json=out.json]
 
 Each row times ``jax.jit(jax.value_and_grad(lambda x: loss(x, labels).mean()))`` on fixed logits:
-the median over ``--repeats`` calls after a warm-up, ``block_until_ready`` on every call. Memory is
+the median over ``--repeats`` calls after a warm-up, ``block_until_ready`` on every call, each call
+alternating with one of cross-entropy on the same logits. Memory is
 the compiled executable's temporary buffer size (``memory_analysis().temp_size_in_bytes``), i.e. the
 working memory XLA allocates besides inputs and outputs. The ratio column divides by optax's
-``softmax_cross_entropy_with_integer_labels`` timed the same way on the same shape.
+``softmax_cross_entropy_with_integer_labels`` timed in those alternating calls.
 """
 
 from __future__ import annotations
@@ -153,8 +154,8 @@ CASE_GROUPS: dict[str, Callable[[], list[Case]]] = {
 }
 
 
-def measure(fn: Callable, batch: int, classes: int, repeats: int) -> tuple[float, int]:
-    """Median milliseconds of a jitted forward+backward and its compiled temporary bytes."""
+def _compiled_step(fn: Callable, batch: int, classes: int):
+    """A jitted forward+backward of ``mean(fn(logits, labels, key))``, its input, and temp bytes."""
     key = jax.random.key(0)
     logits = 3.0 * jax.random.normal(jax.random.key(1), (batch, classes), jnp.float32)
     labels = jax.random.randint(jax.random.key(2), (batch,), 0, classes)
@@ -162,32 +163,36 @@ def measure(fn: Callable, batch: int, classes: int, repeats: int) -> tuple[float
     def objective(x):
         return jnp.mean(fn(x, labels, key))
 
-    step = jax.jit(jax.value_and_grad(objective))
-    compiled = step.lower(logits).compile()
+    compiled = jax.jit(jax.value_and_grad(objective)).lower(logits).compile()
     memory = compiled.memory_analysis()
     temp_bytes = int(getattr(memory, "temp_size_in_bytes", 0)) if memory is not None else 0
-    for _ in range(3):
-        jax.block_until_ready(compiled(logits))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(logits))
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times), temp_bytes
+    return compiled, logits, temp_bytes
+
+
+def measure(fn: Callable, batch: int, classes: int, repeats: int) -> tuple[float, float, int]:
+    """Median ms of ``fn`` and of cross-entropy, timed call by call in turn, and fn's temp bytes.
+
+    Interleaving makes both medians see the same machine state (frequency, other load), so their
+    ratio is stable even when the absolute times drift.
+    """
+    steps = [_compiled_step(f, batch, classes) for f in (fn, cross_entropy)]
+    times = ([], [])
+    for i in range(repeats + 3):
+        for (compiled, logits, _), record in zip(steps, times, strict=True):
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(logits))
+            if i >= 3:  # warm-up calls are not timed
+                record.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times[0]), 1e3 * statistics.median(times[1]), steps[0][2]
 
 
 def run(groups: list[str], repeats: int) -> list[dict]:
     unknown = sorted(set(groups) - set(CASE_GROUPS))
     if unknown:
         raise ValueError(f"unknown groups {unknown}; choose from {sorted(CASE_GROUPS)}")
-    cases = [case for g in groups for case in CASE_GROUPS[g]()]
-    baseline = {}
     rows = []
-    for case in cases:
-        shape = (case.batch, case.classes)
-        if shape not in baseline:
-            baseline[shape] = measure(cross_entropy, *shape, repeats)[0]
-        ms, temp = measure(case.fn, case.batch, case.classes, repeats)
+    for case in (case for g in groups for case in CASE_GROUPS[g]()):
+        ms, ce_ms, temp = measure(case.fn, case.batch, case.classes, repeats)
         rows.append(
             dict(
                 group=case.group,
@@ -195,8 +200,8 @@ def run(groups: list[str], repeats: int) -> list[dict]:
                 batch=case.batch,
                 classes=case.classes,
                 ms=ms,
-                ce_ms=baseline[shape],
-                ratio=ms / baseline[shape],
+                ce_ms=ce_ms,
+                ratio=ms / ce_ms,
                 temp_bytes=temp,
             )
         )
