@@ -9,7 +9,7 @@ run) and prints the table. The logic lives in :mod:`jaxloss.training.comparison`
 import importlib
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxloss.training import comparison
@@ -25,6 +25,8 @@ _WORKDIR = flags.DEFINE_string("workdir", "results", "Where tables, plots and ru
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    # One line per run instead of the training loop's per-epoch log lines.
+    logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
     configs = {
         setup: {

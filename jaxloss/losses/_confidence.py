@@ -51,14 +51,15 @@ def confidence_penalty_loss(
     """
     _validation.check_in_range("beta", beta, lower=0.0)
     inputs = _validation.prepare(logits, labels, axis=axis, where=where)
-    logits = _softmax.shifted_logits(inputs.logits, inputs.where)
-    log_normalizer = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-    probs = jnp.exp(logits - log_normalizer)
-    # H(p) = log Z - Σ p_k z_k. Masked classes have p = 0 and z = -inf: zero their logit rather
+    parts = _softmax.softmax_parts(inputs.logits, inputs.where)
+    log_total = jnp.log(parts.total)
+    # H(p) = log Σ e^z - Σ p_k z_k. Masked classes have p = 0 and z = -inf: zero their logit rather
     # than the product, so that neither the value nor the gradient forms 0 * inf.
-    finite_logits = jnp.where(jnp.isneginf(logits), 0.0, logits)
-    entropy = log_normalizer[..., 0] - jnp.sum(probs * finite_logits, axis=-1)
-    ce = log_normalizer[..., 0] - _softmax.label_value(logits, inputs.labels)
+    shifted = parts.shifted
+    if inputs.where is not None:
+        shifted = jnp.where(inputs.where, shifted, 0.0)
+    entropy = log_total - jnp.sum(parts.exp * shifted, axis=-1) / parts.total
+    ce = log_total - _softmax.label_value(parts.shifted, inputs.labels)
     return (ce - beta * entropy).astype(inputs.out_dtype)
 
 
@@ -76,9 +77,10 @@ def softmax_focal_loss(
     .. math::
       \ell(z, y) = -\alpha_y (1 - p_y)^\gamma \log p_y, \qquad p = \mathrm{softmax}(z).
 
-    :math:`(1 - p_y)^\gamma` is evaluated as :math:`\exp(\gamma \log(1 - p_y))` with
-    :math:`\log(1 - p_y)` a log-sum-exp over the other classes, so well-classified examples keep an
-    exact, finite gradient (no probability clipping as in the seed, which clips at 1e-7). With
+    :math:`1 - p_y` is the sum of the other classes' probabilities (not a difference that
+    cancels), and :math:`(1 - p_y)^\gamma` is :math:`\exp(\gamma \log(1 - p_y))`, so well-classified
+    examples keep an accurate, finite gradient (no probability clipping as in the seed, which clips
+    at 1e-7). With
     ``gamma=0`` and no ``alpha`` it is the cross-entropy.
 
     Args:
@@ -105,14 +107,17 @@ def softmax_focal_loss(
     """
     _validation.check_in_range("gamma", gamma, lower=0.0)
     inputs = _validation.prepare(logits, labels, axis=axis, where=where, min_classes=2)
-    logits = _softmax.shifted_logits(inputs.logits, inputs.where)
-    log_normalizer = jax.nn.logsumexp(logits, axis=-1)
-    log_p_y = _softmax.label_value(logits, inputs.labels) - log_normalizer
-    log_rest = _softmax.logsumexp_others(logits, inputs.labels) - log_normalizer
-    loss = -jnp.exp(gamma * log_rest) * log_p_y
+    parts = _softmax.softmax_parts(inputs.logits, inputs.where)
+    log_p_y = _softmax.label_value(parts.shifted, inputs.labels) - jnp.log(parts.total)
+    rest = _softmax.sum_of_others(parts.exp, inputs.labels) / parts.total
+    # 1 - p_y underflows to 0 only for logit gaps beyond ~87 (float32), where the loss and its
+    # gradient are below 1e-38; the double where keeps log(0) out of the gradient.
+    positive = rest > 0
+    weight = jnp.where(positive, jnp.exp(gamma * jnp.log(jnp.where(positive, rest, 1.0))), 0.0)
+    loss = -weight * log_p_y
     if alpha is not None:
         weights = _validation.check_class_vector(
             "alpha", alpha, inputs.num_classes, positive=False
-        ).astype(logits.dtype)
+        ).astype(log_p_y.dtype)
         loss = weights[inputs.labels] * loss
     return loss.astype(inputs.out_dtype)

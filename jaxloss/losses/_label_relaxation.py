@@ -31,9 +31,9 @@ def label_relaxation_loss(
           & \text{otherwise.}
       \end{cases}
 
-    Both :math:`\log p_y` and :math:`\log(1 - p_y)` are computed from the log-softmax (the latter as
-    a log-sum-exp over the other classes), so there is no probability clipping: values and gradients
-    are exact and finite for logits up to :math:`\pm 10^4` in float32, where the reference code clips
+    :math:`\log p_y` comes from max-shifted logits and :math:`1 - p_y` is the sum of the other
+    classes' probabilities (not a difference), so there is no probability clipping: values and
+    gradients are exact and finite for logits up to :math:`\pm 10^4` in float32, where the reference code clips
     probabilities at 1e-7 and differs from the exact loss. The gradient outside the set is
     :math:`p - p^r`, with :math:`p^r_y = 1 - \alpha` and :math:`p^r_k = \alpha p_k / (1 - p_y)`.
     With ``alpha=0`` the loss is the cross-entropy.
@@ -62,11 +62,15 @@ def label_relaxation_loss(
     """
     _validation.check_in_range("alpha", alpha, lower=0.0, upper=1.0, upper_open=True)
     inputs = _validation.prepare(logits, labels, axis=axis, where=where, min_classes=2)
-    logits = _softmax.shifted_logits(inputs.logits, inputs.where)
-    log_normalizer = jax.nn.logsumexp(logits, axis=-1)
-    log_p_y = _softmax.label_value(logits, inputs.labels) - log_normalizer
-    log_rest = _softmax.logsumexp_others(logits, inputs.labels) - log_normalizer
-    alpha = jnp.asarray(alpha, logits.dtype)
+    parts = _softmax.softmax_parts(inputs.logits, inputs.where)
+    log_total = jnp.log(parts.total)
+    log_p_y = _softmax.label_value(parts.shifted, inputs.labels) - log_total
+    alpha = jnp.asarray(alpha, log_total.dtype)
+    inside = log_p_y >= jnp.log1p(-alpha)
+    # Outside the set 1 - p_y > alpha, so the sum of the other classes cannot underflow there;
+    # inside, where it may, log(1) keeps the branch that is not taken finite.
+    rest = _softmax.sum_of_others(parts.exp, inputs.labels)
+    log_rest = jnp.log(jnp.where(inside, parts.total, rest)) - log_total
     # xlogy keeps alpha = 0 at exactly 0 instead of 0 * log(0) = NaN.
     outside = (
         xlogy(1.0 - alpha, 1.0 - alpha)
@@ -74,5 +78,4 @@ def label_relaxation_loss(
         + xlogy(alpha, alpha)
         - alpha * log_rest
     )
-    inside = log_p_y >= jnp.log1p(-alpha)
     return jnp.where(inside, 0.0, outside).astype(inputs.out_dtype)

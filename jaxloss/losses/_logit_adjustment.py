@@ -18,9 +18,9 @@ def _adjusted_cross_entropy(logits, labels, *, name, prior, tau, axis, where):
     _validation.check_in_range("tau", tau, lower=0.0)
     inputs = _validation.prepare(logits, labels, axis=axis, where=where)
     shift = tau * _log_prior(name, prior, inputs.num_classes, inputs.logits.dtype)
-    # Shift before adding the prior: z + log n at |z| = 1e4 would round log n to a float32 ulp.
-    logits = _softmax.shifted_logits(inputs.logits, inputs.where) + shift
-    ce = jax.nn.logsumexp(logits, axis=-1) - _softmax.label_value(logits, inputs.labels)
+    # The prior joins after the max shift: z + log n at |z| = 1e4 would round log n to an ulp.
+    adjusted = _softmax.shifted_logits(inputs.logits, inputs.where) + shift
+    ce = jax.nn.logsumexp(adjusted, axis=-1) - _softmax.label_value(adjusted, inputs.labels)
     return ce.astype(inputs.out_dtype)
 
 
