@@ -1,10 +1,12 @@
 r"""Trains and evaluates one loss on one setup.
 
-    python experiments/main.py --config experiments/configs/digits.py --workdir /tmp/digits \
-        [--config.loss.name=exact --config.num_seeds=5 ...]
+    python experiments/main.py --config experiments/configs/digits.py:exact --workdir /tmp/digits \
+        [--config.num_seeds=5 --config.loss.hyperparameters.sample_size=32 ...]
 
-The config file picks the setup (see ``experiments/configs``); ``--config.<field>=<value>`` overrides
-any field. Running again with the same workdir resumes from its latest checkpoint.
+The config file picks the setup (see ``experiments/configs``) and the text after ``:`` the loss, with
+its default hyperparameters and the head and optimizer pieces it is designed for (set them through
+``:<loss>``, not ``--config.loss.name``, which would change the name alone). ``--config.<field>=<value>``
+overrides any field. Running again with the same workdir resumes from its latest checkpoint.
 """
 
 from absl import app, flags

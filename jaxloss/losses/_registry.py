@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxloss import _validation
+
 __all__ = ["available_losses", "get_loss"]
 
 LossFn = Callable[..., jax.Array]
@@ -27,20 +29,26 @@ _PLUMBING = frozenset({"key", "axis", "axis_name", "where", "noise", "uniforms"}
 
 
 def _cross_entropy(logits, labels):
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    inputs = _validation.prepare(logits, labels)
+    ce = optax.softmax_cross_entropy_with_integer_labels(inputs.logits, inputs.labels)
+    return ce.astype(inputs.out_dtype)
 
 
 def _label_smoothing(logits, labels, *, alpha=0.1):
     """Cross-entropy against ``(1 - alpha) * one_hot + alpha / C`` (Szegedy et al., 2016)."""
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), alpha)
-    return optax.softmax_cross_entropy(logits, targets)
+    _validation.check_in_range("alpha", alpha, lower=0.0, upper=1.0)
+    inputs = _validation.prepare(logits, labels)
+    one_hot = jax.nn.one_hot(inputs.labels, inputs.num_classes, dtype=inputs.logits.dtype)
+    ce = optax.softmax_cross_entropy(inputs.logits, optax.smooth_labels(one_hot, alpha))
+    return ce.astype(inputs.out_dtype)
 
 
 def _logit_adjusted(logits, labels, *, class_counts, tau=1.0):
     """Logit adjustment with the priors of the training class counts."""
     from jaxloss import losses
 
-    counts = jnp.asarray(class_counts, jnp.float32)
+    counts = _validation.check_class_vector("class_counts", class_counts, np.shape(logits)[-1])
+    counts = counts.astype(jnp.float32)
     return losses.logit_adjusted_loss(
         logits, labels, class_priors=counts / jnp.sum(counts), tau=tau
     )

@@ -225,3 +225,29 @@ def test_probability_metrics_of_cosine_heads_use_the_loss_scale(tmp_path):
     probs = out["best"]["test_probs"][0]
     # softmax of raw cosines in [-1, 1] over 10 classes could not exceed e^2 / (e^2 + 9 e^-2) ~ 0.86.
     assert probs.max() > 0.9
+
+
+def test_selection_follows_validation_when_test_and_last_epoch_disagree():
+    # Synthetic records: validation peaks at epoch 1, test at epoch 2, and epoch 3 is last.
+    from jaxloss.training.loop import _update_best
+
+    validation = [0.5, 0.9, 0.7, 0.6]
+    test = [0.5, 0.6, 0.95, 0.7]
+    best = {
+        "epoch": np.array([-1]),
+        "validation/accuracy": np.array([-np.inf]),
+        "test/accuracy": np.array([np.nan]),
+        "test_probs": np.zeros((1, 2, 3), np.float32),
+    }
+    for epoch, (v, t) in enumerate(zip(validation, test, strict=True)):
+        record = {
+            "epoch": np.array([epoch]),
+            "validation/accuracy": np.array([v]),
+            "test/accuracy": np.array([t]),
+        }
+        logits = np.full((1, 2, 3), float(epoch))
+        logits[..., 0] += 1.0
+        best = _update_best(best, record, logits, "accuracy")
+    assert best["epoch"][0] == 1
+    assert best["test/accuracy"][0] == 0.6
+    np.testing.assert_allclose(best["test_probs"].sum(-1), 1.0, rtol=1e-6)

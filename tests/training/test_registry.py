@@ -119,3 +119,23 @@ def test_exact_head_feeds_its_scheduled_temperature_to_the_exact_loss():
         (variance,) = jax.tree.leaves(state["rest"])
         variances.append(float(variance[0]))
     np.testing.assert_allclose(variances, [100.0, 10.0], rtol=1e-5)
+
+
+def test_adapters_validate_like_the_library_losses():
+
+    logits, labels = jnp.zeros((2, 3)), jnp.array([0, 2])
+    with pytest.raises(ValueError, match=r"alpha must be in \[0.0, 1.0\], got 1.5"):
+        jaxloss.get_loss("label_smoothing", alpha=1.5)(logits, labels, key=jax.random.key(0))
+    with pytest.raises(TypeError, match="labels must be integer"):
+        jaxloss.get_loss("cross_entropy")(logits, labels.astype(jnp.float32), key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"class_counts must be in \(0, inf\]"):
+        jaxloss.get_loss("logit_adjusted", class_counts=[0, 1, 2])(
+            logits, labels, key=jax.random.key(0)
+        )
+    smoothed = jaxloss.get_loss("label_smoothing", alpha=0.3)(
+        logits + jnp.array([2.0, 0, 0]), labels, key=None
+    )
+    # Uniform-target limit and the closed form (1 - a) CE + a * mean_k(-log p_k).
+    log_p = jax.nn.log_softmax(logits + jnp.array([2.0, 0, 0]))
+    want = 0.7 * -log_p[jnp.arange(2), labels] + 0.3 * -log_p.mean(-1)
+    np.testing.assert_allclose(smoothed, want, rtol=1e-6)
