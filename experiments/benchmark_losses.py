@@ -28,7 +28,7 @@ import jaxloss
 
 _GROUPS = flags.DEFINE_list("groups", None, "Case groups to run (default: all).")
 _REPEATS = flags.DEFINE_integer("repeats", 30, "Timed calls per case (median reported).")
-_JSON = flags.DEFINE_string("json", None, "Write the rows as JSON to this path.")
+_JSON = flags.DEFINE_string("json", "benchmark_losses.json", "Where the rows go as JSON.")
 
 SHAPES = ((256, 10), (256, 100), (256, 1000))
 

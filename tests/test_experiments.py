@@ -1,0 +1,58 @@
+"""The experiment scripts run end to end: the comparison (the main job) and the benchmark."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+from tests.testing import REPO_ROOT
+
+
+def _run(args, cwd):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=cwd, env=env
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout
+
+
+def test_compare_writes_tables_and_plots(tmp_path):
+    stdout = _run(
+        [
+            os.path.join(REPO_ROOT, "experiments", "compare.py"),
+            f"--workdir={tmp_path}",
+            "--config.setups=('digits_lt',)",
+            "--config.losses=('cross_entropy', 'balanced_softmax')",
+            "--config.num_seeds=1",
+            "--config.calibration_setup=digits_lt",
+        ],
+        cwd=tmp_path,
+    )
+    assert "### digits_lt" in stdout and "| balanced_softmax |" in stdout
+    written = set(os.listdir(tmp_path))
+    assert {"results.md", "results.csv", "reliability.png", "per_class_recall.png"} <= written
+    with open(os.path.join(tmp_path, "results.csv")) as f:
+        rows = list(csv.DictReader(f))
+    accuracy = {r["loss"]: float(r["mean"]) for r in rows if r["metric"] == "accuracy"}
+    assert set(accuracy) == {"cross_entropy", "balanced_softmax"}
+    assert all(0.5 < a <= 1.0 for a in accuracy.values())
+
+
+def test_benchmark_prints_and_writes_every_row(tmp_path):
+    path = os.path.join(tmp_path, "rows.json")
+    stdout = _run(
+        [
+            os.path.join(REPO_ROOT, "experiments", "benchmark_losses.py"),
+            "--groups=closed_form",
+            "--repeats=1",
+            f"--json={path}",
+        ],
+        cwd=tmp_path,
+    )
+    with open(path) as f:
+        rows = json.load(f)
+    assert len(rows) == 15  # 5 losses x 3 shapes
+    assert all(r["ms"] > 0 and r["ce_ms"] > 0 and r["temp_bytes"] >= 0 for r in rows)
+    assert stdout.count("| label_relaxation") == 3
