@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxloss import _validation
-from jaxloss.ops import _esf
+from jaxloss.ops import _esf, _selection
 
 # Excluded entries (the label inside the ESF, masked classes) sit this far below the row minimum in
 # scaled units: exp(-200) vanishes next to the other terms in float32 and float64 alike.
@@ -33,7 +33,7 @@ def _prepare(logits, labels, k, alpha, axis, where):
 def _kth_other(scores, is_label, k):
     """k-th largest score among the non-label classes (differentiable), and the top k+1 of them."""
     others = jnp.where(is_label, -jnp.inf, jax.lax.stop_gradient(scores))
-    values, index = _esf.top_k(others, k + 1)
+    values, index = _selection.top_k(others, k + 1)
     at_kth = index[..., k - 1 : k] == jnp.arange(scores.shape[-1])
     return jnp.sum(jnp.where(at_kth, scores, 0.0), axis=-1), values
 

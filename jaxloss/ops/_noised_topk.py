@@ -11,6 +11,7 @@ import numpy as np
 from jax import lax
 
 from jaxloss import _validation
+from jaxloss.ops import _selection
 
 __all__ = ["noised_topk"]
 
@@ -49,51 +50,36 @@ def _standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 def _kth_of_last_axis(y: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """Value and index of the k-th largest entry along the last axis."""
     n = y.shape[-1]
-    # Slicing lax.top_k's outputs directly lets XLA swap it for a full sort (~50x slower on CPU);
-    # the barrier keeps the TopK custom call. The k-th largest is the (n-k+1)-th smallest, which
-    # is the cheaper one to select when k is past the middle.
+    # The k-th largest is the (n-k+1)-th smallest, the cheaper one to select past the middle.
     if k <= n - k + 1:
-        values, indices = lax.optimization_barrier(lax.top_k(y, k))
+        values, indices = _selection.top_k(y, k)
         return values[..., -1], indices[..., -1]
-    values, indices = lax.optimization_barrier(lax.top_k(-y, n - k + 1))
+    values, indices = _selection.top_k(-y, n - k + 1)
     return -values[..., -1], indices[..., -1]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _sampled_kth(k, x, epsilon, noise, where):
-    return _sampled_kth_fwd(k, x, epsilon, noise, where)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _mean_kth(k, num_classes, y):
+    """Mean over the draws (axis -2) of the k-th largest entry of each row of y (..., S, C)."""
+    return _mean_kth_fwd(k, num_classes, y)[0]
 
 
-def _sampled_kth_fwd(k, x, epsilon, noise, where):
-    # x: (..., C); noise: (..., S, C) or None (then S = 1, no noise); where: (..., C) or None.
-    y = x[..., None, :]
-    if noise is not None:
-        y = y + epsilon * noise
-    if where is not None:
-        y = jnp.where(where[..., None, :], y, -jnp.inf)
+def _mean_kth_fwd(k, num_classes, y):
+    del num_classes
     values, indices = _kth_of_last_axis(y, k)
-    picked_noise = None
-    if noise is not None:
-        picked_noise = jnp.take_along_axis(noise, indices[..., None], axis=-1)[..., 0]
-    return jnp.mean(values, axis=-1), (indices, picked_noise, epsilon, x.shape[-1])
+    return jnp.mean(values, axis=-1), indices
 
 
-def _sampled_kth_bwd(k, residuals, g):
+def _mean_kth_bwd(k, num_classes, indices, g):
+    # The k-th largest of a draw moves one for one with the entry that holds it: a one-hot per
+    # draw, averaged over the S draws. x, epsilon and the noise get theirs by the chain rule
+    # through y = x + epsilon * noise, outside this rule.
     del k
-    indices, picked_noise, epsilon, num = residuals
-    # d/dx of mean_s y_{s, idx_s} is the count of draws picking each entry over S; d/dε is the mean
-    # noise at the picked entries; d/dnoise is ε at the picked entries over S.
-    one_hot = indices[..., None] == jnp.arange(num)
-    scale = g[..., None] / indices.shape[-1]
-    grad_x = scale * jnp.sum(one_hot, axis=-2, dtype=g.dtype)
-    if picked_noise is None:
-        return grad_x, jnp.zeros_like(epsilon), None, None
-    grad_epsilon = jnp.sum(g * jnp.mean(picked_noise, axis=-1)).astype(epsilon.dtype)
-    grad_noise = (epsilon * scale[..., None] * one_hot).astype(picked_noise.dtype)
-    return grad_x, grad_epsilon, grad_noise, None
+    one_hot = indices[..., None] == jnp.arange(num_classes)
+    return ((g[..., None, None] / indices.shape[-1] * one_hot).astype(g.dtype),)
 
 
-_sampled_kth.defvjp(_sampled_kth_fwd, _sampled_kth_bwd)
+_mean_kth.defvjp(_mean_kth_fwd, _mean_kth_bwd)
 
 
 def noised_topk(
@@ -188,6 +174,10 @@ def noised_topk(
         else:
             raise ValueError("noised_topk with epsilon > 0 needs a PRNG key or injected noise.")
         draws = draws.astype(values.dtype)
-    eps = jnp.asarray(epsilon, values.dtype)
-    out = _sampled_kth(k, values, eps, draws, prepared.where)
+    y = values[..., None, :]
+    if draws is not None:
+        y = y + jnp.asarray(epsilon, values.dtype) * draws
+    if prepared.where is not None:
+        y = jnp.where(prepared.where[..., None, :], y, -jnp.inf)
+    out = _mean_kth(k, values.shape[-1], y)
     return out.astype(prepared.out_dtype)
