@@ -7,7 +7,8 @@ that are at most a combinatorial constant once it is divided by a known scale:
 * the top set's polynomials divided by the product of its j largest terms, :math:`\sigma_j(T)/P_j`, lie in
   :math:`[1, \binom{k}{j}]` (a K-step recursion whose factors :math:`e^{t_l - t_j}` are all <= 1);
 * the rest's polynomials of :math:`e^{x_i - w} \le 1` lie in :math:`[0, \binom{n}{j}]` and are formed in
-  linear space (a tree product forward, prefix and suffix scans backward), which is fast;
+  linear space (√n interleaved chains scanned in √n steps, then a product over the chains;
+  prefix and suffix scans backward), which is fast;
 * the two are joined through factors :math:`e^{\sum_l (w - t_l)} \le 1` that depend only on local gaps.
 
 So nothing overflows, nothing that matters underflows, no difference of large numbers is formed, and
@@ -42,7 +43,7 @@ def log_esf(x: jax.Array, k: int, *, axis: int = -1) -> jax.Array:
         = \frac{e^{x_i}\, \sigma_{j-1}(e^{x_{\setminus i}})}{\sigma_j(e^{x})} \in [0, 1].
 
     The forward pass selects the k largest entries and combines a k-step log-free recursion on them
-    with a linear-space tree product of the (rescaled) rest: O(n k) work, O(log n) depth. The VJP is
+    with a linear-space product of the (rescaled) rest in √n chains: O(n k) work, O(√n) sequential depth. The VJP is
     exact and subtraction-free: :math:`\sigma_{j-1}(e^{x_{\setminus i}})` comes from prefix and suffix
     products for the rest and from the same forward recursion on the top set without i. Both are
     shift invariant (:math:`\log\sigma_j(x + c) = \log\sigma_j(x) + jc`) and accurate in float32 for
