@@ -27,6 +27,7 @@ CASES = {
     "linear": (_config(name="linear"), (13,)),
     "cnn": (_config(name="cnn"), (8, 8, 1)),
     "resnet": (_config(name="resnet", depth=8), (8, 8, 3)),
+    "wide_resnet": (_config(name="wide_resnet", depth=10, width=1), (8, 8, 3)),
     "cosine_head": (_config(head="cosine"), (6,)),
     "exact_head": (_config(head="exact", initial_variance=100.0, min_variance=1.0), (6,)),
 }
