@@ -269,13 +269,24 @@ def test_jit_and_vmap_agree_with_eager(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_where_mask_equals_dropping_the_class(name):
     fn, _ = CASES[name]
-    if name in ("balanced_softmax", "logit_adjusted", "softmax_focal_weighted"):
-        pytest.skip("per-class vectors would need dropping too; covered by the unweighted losses")
+    # Losses with a per-class vector compare against the same loss with that entry dropped too.
+    kept = slice(None, -1)
+    dropped_fn = {
+        "balanced_softmax": functools.partial(
+            jaxloss.balanced_softmax_loss, class_counts=COUNTS[kept]
+        ),
+        "logit_adjusted": functools.partial(
+            jaxloss.logit_adjusted_loss, class_priors=COUNTS[kept] / COUNTS.sum(), tau=0.5
+        ),
+        "softmax_focal_weighted": functools.partial(
+            jaxloss.softmax_focal_loss, gamma=2.0, alpha=COUNTS[kept] / 10
+        ),
+    }.get(name, fn)
     z = testing.random_logits(10, (6, NUM_CLASSES), dtype=np.float32)
     y = testing.random_labels(10, (6,), NUM_CLASSES - 1)
     where = np.arange(NUM_CLASSES) < NUM_CLASSES - 1
     masked = fn(jnp.asarray(z), jnp.asarray(y), where=jnp.asarray(where))
-    dropped = fn(jnp.asarray(z[:, :-1]), jnp.asarray(y))
+    dropped = dropped_fn(jnp.asarray(z[:, :-1]), jnp.asarray(y))
     chex.assert_trees_all_close(masked, dropped, rtol=1e-5, atol=1e-6)
     grad = jax.grad(lambda x: fn(x, jnp.asarray(y), where=jnp.asarray(where)).sum())(jnp.asarray(z))
     chex.assert_tree_all_finite(grad)
