@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -47,11 +46,10 @@ def _logit_adjusted(logits, labels, *, class_counts, tau=1.0):
     """Logit adjustment with the priors of the training class counts."""
     from jaxloss import losses
 
+    # Checked here so that errors name the argument the caller passed; the loss itself is
+    # invariant to rescaling, so counts serve as priors unnormalized.
     counts = _validation.check_class_vector("class_counts", class_counts, np.shape(logits)[-1])
-    counts = counts.astype(jnp.float32)
-    return losses.logit_adjusted_loss(
-        logits, labels, class_priors=counts / jnp.sum(counts), tau=tau
-    )
+    return losses.logit_adjusted_loss(logits, labels, class_priors=counts, tau=tau)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,18 @@ __all__ = ["BACKBONES", "HEADS", "Classifier", "ExactHead", "FrozenVariance", "b
 BACKBONES = ("mlp", "cnn", "resnet", "wide_resnet", "linear")
 HEADS = ("linear", "cosine", "exact")
 
-_conv_init = nnx.initializers.kaiming_normal()
+
+def _conv(in_channels: int, out_channels: int, size: int, *, rngs: nnx.Rngs, stride: int = 1):
+    """The models' one convolution: square kernel, no bias (a norm follows), He-normal init."""
+    return nnx.Conv(
+        in_channels,
+        out_channels,
+        (size, size),
+        strides=stride,
+        use_bias=False,
+        kernel_init=nnx.initializers.kaiming_normal(),
+        rngs=rngs,
+    )
 
 
 class MLP(nnx.Module):
@@ -61,10 +72,7 @@ class SmallCNN(nnx.Module):
     def __init__(self, in_channels: int, *, rngs: nnx.Rngs):
         widths = (in_channels, 32, 64, 128)
         self.convs = nnx.List(
-            [
-                nnx.Conv(a, b, (3, 3), use_bias=False, kernel_init=_conv_init, rngs=rngs)
-                for a, b in zip(widths[:-1], widths[1:], strict=True)
-            ]
+            [_conv(a, b, 3, rngs=rngs) for a, b in zip(widths[:-1], widths[1:], strict=True)]
         )
         self.norms = nnx.List([nnx.BatchNorm(b, rngs=rngs) for b in widths[1:]])
         self.features = widths[-1]
@@ -82,29 +90,11 @@ class PreActBlock(nnx.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, *, rngs: nnx.Rngs):
         self.norm1 = nnx.BatchNorm(in_channels, rngs=rngs)
-        self.conv1 = nnx.Conv(
-            in_channels,
-            out_channels,
-            (3, 3),
-            strides=stride,
-            use_bias=False,
-            kernel_init=_conv_init,
-            rngs=rngs,
-        )
+        self.conv1 = _conv(in_channels, out_channels, 3, stride=stride, rngs=rngs)
         self.norm2 = nnx.BatchNorm(out_channels, rngs=rngs)
-        self.conv2 = nnx.Conv(
-            out_channels, out_channels, (3, 3), use_bias=False, kernel_init=_conv_init, rngs=rngs
-        )
+        self.conv2 = _conv(out_channels, out_channels, 3, rngs=rngs)
         self.projection = (
-            nnx.Conv(
-                in_channels,
-                out_channels,
-                (1, 1),
-                strides=stride,
-                use_bias=False,
-                kernel_init=_conv_init,
-                rngs=rngs,
-            )
+            _conv(in_channels, out_channels, 1, stride=stride, rngs=rngs)
             if stride != 1 or in_channels != out_channels
             else None
         )
@@ -128,9 +118,7 @@ class PreActResNet(nnx.Module):
     def __init__(
         self, in_channels: int, widths: Sequence[int], blocks_per_stage: int, *, rngs: nnx.Rngs
     ):
-        self.stem = nnx.Conv(
-            in_channels, 16, (3, 3), use_bias=False, kernel_init=_conv_init, rngs=rngs
-        )
+        self.stem = _conv(in_channels, 16, 3, rngs=rngs)
         blocks, channels = [], 16
         for stage, width in enumerate(widths):
             for i in range(blocks_per_stage):

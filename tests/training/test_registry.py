@@ -14,6 +14,20 @@ NUM_CLASSES = 10
 COUNTS = np.arange(1, NUM_CLASSES + 1) * 10
 
 
+def _initialized_steps(config, *, steps_per_epoch, num_seeds):
+    """Train/eval steps for 12 input features and COUNTS, with the seeds' keys and initial state."""
+    steps = train_lib.make_steps(
+        config,
+        num_classes=NUM_CLASSES,
+        input_shape=(12,),
+        class_counts=COUNTS,
+        steps_per_epoch=steps_per_epoch,
+        mesh=train_lib.make_mesh(),
+    )
+    keys = train_lib.seed_keys(0, num_seeds)
+    return steps, keys, steps.init(keys)
+
+
 def test_every_registered_loss_has_default_hyperparameters_in_the_configs():
     assert set(jaxloss.available_losses()) == set(digits.LOSS_HYPERPARAMETERS)
     assert {"cross_entropy", "label_smoothing", "exact", "balanced_softmax"} <= set(
@@ -26,16 +40,7 @@ def test_every_loss_trains_a_few_steps_without_nan(name):
     config = tiny_config(name)
     config.model.name = "linear"
     rng = np.random.default_rng(0)
-    steps = train_lib.make_steps(
-        config,
-        num_classes=NUM_CLASSES,
-        input_shape=(12,),
-        class_counts=COUNTS,
-        steps_per_epoch=2,
-        mesh=train_lib.make_mesh(),
-    )
-    keys = train_lib.seed_keys(0, 2)
-    state = steps.init(keys)
+    steps, keys, state = _initialized_steps(config, steps_per_epoch=2, num_seeds=2)
     batch = {
         "features": rng.standard_normal((2, 32, 12)).astype(np.float32),
         "labels": rng.integers(0, NUM_CLASSES, (2, 32)).astype(np.int32),
@@ -97,16 +102,7 @@ def test_exact_head_feeds_its_scheduled_temperature_to_the_exact_loss():
     config = tiny_config("exact", num_epochs=2)
     config.model.update(name="linear", head="exact", initial_variance=100.0, min_variance=1.0)
     config.optimizer.gradient_normalizer = True
-    steps = train_lib.make_steps(
-        config,
-        num_classes=NUM_CLASSES,
-        input_shape=(12,),
-        class_counts=COUNTS,
-        steps_per_epoch=1,
-        mesh=train_lib.make_mesh(),
-    )
-    keys = train_lib.seed_keys(0, 1)
-    state = steps.init(keys)
+    steps, keys, state = _initialized_steps(config, steps_per_epoch=1, num_seeds=1)
     rng = np.random.default_rng(0)
     batch = {
         "features": rng.standard_normal((1, 16, 12)).astype(np.float32),
