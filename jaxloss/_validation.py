@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 __all__ = [
     "Prepared",
@@ -44,23 +45,38 @@ def check_in_range(
     upper: float | None = None,
     lower_open: bool = False,
     upper_open: bool = False,
+    finite: bool = False,
 ) -> None:
     """Raises ValueError unless ``value`` lies in the given interval.
 
-    Traced values are not checked (they have no value at trace time); a differentiable hyperparameter
-    such as a learned temperature is therefore the caller's responsibility.
+    Concrete values are checked now, at trace time. Traced values (a hyperparameter passed as a
+    ``jit`` argument or ``vmap``-ed over a population) have no value yet: they get a
+    ``checkify.debug_check``, a no-op in plain code that :func:`jaxloss.checked` turns into an error.
     """
-    if value is None or not _is_concrete(value):
+    if value is None:
         return
-    array = np.asarray(value)
-    if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
-        raise TypeError(f"{name} must be a number, got {value!r} of type {type(value).__name__}.")
     left = "(" if lower_open else "["
     right = ")" if upper_open else "]"
     interval = (
         f"{left}{'-inf' if lower is None else lower}, {'inf' if upper is None else upper}{right}"
     )
-    ok = ~np.isnan(array)
+    if finite:
+        interval = f"{interval} and finite"
+    if not _is_concrete(value):
+        traced = jnp.asarray(value)
+        ok = jnp.isfinite(traced) if finite else ~jnp.isnan(traced)
+        if lower is not None:
+            ok &= traced > lower if lower_open else traced >= lower
+        if upper is not None:
+            ok &= traced < upper if upper_open else traced <= upper
+        checkify.debug_check(
+            jnp.all(ok), f"{name} must be in {interval}, got {{value}}", value=traced
+        )
+        return
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
+        raise TypeError(f"{name} must be a number, got {value!r} of type {type(value).__name__}.")
+    ok = np.isfinite(array) if finite else ~np.isnan(array)
     if lower is not None:
         ok &= array > lower if lower_open else array >= lower
     if upper is not None:
@@ -85,8 +101,9 @@ def check_class_vector(
 ) -> jax.Array:
     """Checks a per-class vector (counts, priors, weights) and returns it as a float array.
 
-    Its shape must be ``(num_classes,)``; with ``positive`` every entry must be > 0 (checked when the
-    values are concrete).
+    Its shape must be ``(num_classes,)``; every entry must be finite, and with ``positive`` > 0,
+    otherwise >= 0 (checked now when the values are concrete, by :func:`jaxloss.checked` when
+    traced).
     """
     if values is None:
         raise ValueError(f"{name} is required: a vector of {num_classes} per-class values.")
@@ -96,10 +113,7 @@ def check_class_vector(
             f"{name} must have shape ({num_classes},) to match the {num_classes} classes of the "
             f"logits, got shape {shape}."
         )
-    if positive:
-        check_in_range(name, values, lower=0, lower_open=True)
-    else:
-        check_in_range(name, values, lower=0)
+    check_in_range(name, values, lower=0, lower_open=positive, finite=True)
     return jnp.asarray(values)
 
 
@@ -162,13 +176,38 @@ class Prepared:
     out_dtype: jnp.dtype
 
 
+def _class_axes(axis: Any, ndim: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``axis`` (an int or a tuple of ints, as in optax) as sorted non-negative class axes."""
+    axes = (axis,) if isinstance(axis, int | np.integer) else axis
+    if (
+        not isinstance(axes, tuple)
+        or not axes
+        or not all(isinstance(a, int | np.integer) for a in axes)
+    ):
+        raise TypeError(f"axis must be an int or a non-empty tuple of ints, got {axis!r}.")
+    if not all(-ndim <= a < ndim for a in axes):
+        raise ValueError(f"axis={axis} is out of range for logits of shape {shape}.")
+    normalized = tuple(int(a) % ndim for a in axes)
+    if len(set(normalized)) != len(normalized):
+        raise ValueError(f"axis={axis} names the same axis twice.")
+    return tuple(sorted(normalized))
+
+
+def _classes_last(array: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Moves ``axes`` to the end and flattens them into one class axis (optax's tuple ``axis``)."""
+    batch = tuple(a for a in range(array.ndim) if a not in axes)
+    array = jnp.transpose(array, batch + axes)
+    return array.reshape(array.shape[: len(batch)] + (-1,))
+
+
 def prepare(
     logits: Any,
     labels: Any = None,
     *,
-    axis: int = -1,
+    axis: int | tuple[int, ...] = -1,
     where: Any = None,
     min_classes: int = 1,
+    tuple_axis: bool = True,
 ) -> Prepared:
     """Validates logits, labels and a class mask; moves the class axis last; upcasts 16-bit floats.
 
@@ -176,13 +215,17 @@ def prepare(
       logits: float array with the classes along ``axis``.
       labels: integer array whose shape is the logits' shape without ``axis`` (or None for
         functions that take no labels).
-      axis: the class axis of ``logits``.
-      where: optional boolean mask broadcastable to the logits' shape; False marks classes that take
-        no part in the loss (optax's convention).
+      axis: the class axis of ``logits``, or a tuple of axes whose elements together are the
+        classes (optax's convention: a label is a flat index into ``logits`` sliced on them).
+      where: optional boolean mask broadcastable to the logits' shape, or of exactly the labels'
+        shape (a per-example mask, as in optax; it wins when both readings fit); False marks
+        classes that take no part in the loss.
       min_classes: the smallest number of classes the caller can handle.
+      tuple_axis: whether the caller can take a tuple ``axis`` (functions whose outputs or
+        injected inputs keep the class axis cannot).
 
     Raises:
-      TypeError: logits not floating point, labels not integer.
+      TypeError: logits not floating point, labels not integer, a malformed axis.
       ValueError: bad axis, labels of the wrong shape, too few classes, a mask that does not
         broadcast.
     """
@@ -196,17 +239,19 @@ def prepare(
     ndim = np.ndim(logits)
     if ndim == 0:
         raise ValueError("logits must have a class axis, got a scalar.")
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis={axis} is out of range for logits of shape {np.shape(logits)}.")
-    axis = axis % ndim
-    num_classes = logits.shape[axis]
+    if isinstance(axis, tuple) and not tuple_axis:
+        raise ValueError(
+            f"axis={axis}: this function takes one class axis (an int), not a tuple of axes."
+        )
+    axes = _class_axes(axis, ndim, tuple(np.shape(logits)))
+    num_classes = int(np.prod([logits.shape[a] for a in axes]))
     if num_classes < min_classes:
         raise ValueError(
             f"logits have {num_classes} classes along axis {axis} (shape {logits.shape}); "
             f"this function needs at least {min_classes}."
         )
     out_dtype = jnp.dtype(logits.dtype)
-    moved = jnp.moveaxis(jnp.asarray(logits), axis, -1).astype(compute_dtype(out_dtype))
+    moved = _classes_last(jnp.asarray(logits), axes).astype(compute_dtype(out_dtype))
 
     if labels is not None:
         if not hasattr(labels, "dtype"):
@@ -226,14 +271,19 @@ def prepare(
         labels = jnp.asarray(labels)
 
     if where is not None:
-        try:
-            where = jnp.broadcast_to(jnp.asarray(where), logits.shape)
-        except ValueError as error:
-            raise ValueError(
-                f"where of shape {np.shape(where)} does not broadcast to the logits' shape "
-                f"{tuple(logits.shape)}."
-            ) from error
+        where = jnp.asarray(where)
         if where.dtype != jnp.bool_:
             raise TypeError(f"where must be a boolean mask, got dtype {where.dtype}.")
-        where = jnp.moveaxis(where, axis, -1)
+        batch_shape = tuple(n for a, n in enumerate(logits.shape) if a not in axes)
+        if where.shape == batch_shape:
+            # A per-example mask (optax): an excluded example has every class masked.
+            where = jnp.expand_dims(where, axes)
+        try:
+            where = jnp.broadcast_to(where, logits.shape)
+        except ValueError as error:
+            raise ValueError(
+                f"where of shape {where.shape} does not broadcast to the logits' shape "
+                f"{tuple(logits.shape)}."
+            ) from error
+        where = _classes_last(where, axes)
     return Prepared(moved, labels, where, num_classes, out_dtype)

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import checkify
 
 from jaxloss import _validation
 
@@ -81,6 +82,42 @@ def test_check_integer_rejects_floats_and_bools():
 def test_check_class_vector():
     with pytest.raises(ValueError, match="counts is required"):
         _validation.check_class_vector("counts", None, 3)
-    with pytest.raises(ValueError, match=r"counts must be in \[0, inf\], got \[-1.0\]"):
+    with pytest.raises(ValueError, match=r"counts must be in \[0, inf\] and finite, got \[-1.0\]"):
         _validation.check_class_vector("counts", [1.0, -1.0, 2.0], 3, positive=False)
+    for bad in (np.inf, np.nan, 0.0, -3.0):
+        with pytest.raises(ValueError, match=r"class_counts must be in \(0, inf\] and finite"):
+            _validation.check_class_vector("class_counts", [1.0, bad, 2.0], 3)
     np.testing.assert_array_equal(_validation.check_class_vector("counts", [1, 2, 3], 3), [1, 2, 3])
+
+
+def test_traced_range_checks_raise_under_checkify():
+    def scaled(value):
+        _validation.check_in_range("tau", value, lower=0.0, lower_open=True)
+        return 2.0 * value
+
+    # Plain jit: the traced value is not checked (and costs nothing).
+    assert float(jax.jit(scaled)(-1.0)) == -2.0
+    error, _ = checkify.checkify(jax.jit(scaled))(jnp.float32(-1.0))
+    assert "tau must be in (0.0, inf], got -1.0" in error.get()
+    error, _ = checkify.checkify(jax.jit(scaled))(jnp.float32(1.0))
+    assert error.get() is None
+
+
+def test_tuple_axis_flattens_the_class_axes_like_optax():
+    logits = jnp.arange(24.0).reshape(2, 3, 4)
+    prepared = _validation.prepare(logits, jnp.array([1, 2, 3]), axis=(0, 2))
+    assert prepared.logits.shape == (3, 8) and prepared.num_classes == 8
+    np.testing.assert_array_equal(prepared.logits[1], np.asarray(logits)[:, 1, :].ravel())
+    with pytest.raises(ValueError, match="names the same axis twice"):
+        _validation.prepare(logits, jnp.zeros(3, jnp.int32), axis=(0, -3))
+    with pytest.raises(TypeError, match="axis must be an int or a non-empty tuple"):
+        _validation.prepare(logits, jnp.zeros(3, jnp.int32), axis=[0, 2])
+    with pytest.raises(ValueError, match=r"axis=\(0, 2\): this function takes one class axis"):
+        _validation.prepare(logits, jnp.zeros(3, jnp.int32), axis=(0, 2), tuple_axis=False)
+
+
+def test_per_example_where_masks_every_class_of_the_example():
+    prepared = _validation.prepare(
+        jnp.zeros((2, 3)), jnp.array([0, 1]), where=jnp.array([True, False])
+    )
+    np.testing.assert_array_equal(prepared.where, [[True] * 3, [False] * 3])
