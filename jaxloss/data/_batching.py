@@ -71,7 +71,7 @@ def epoch_batches(
         leading axis split over 'data'. None yields host NumPy arrays.
 
     Yields:
-      dicts with "features" (B, *feature_shape) float32, "labels" (B,) int32, "mask" (B,) bool.
+      dicts with "features" ``(B, *feature_shape)`` float32, "labels" (B,) int32, "mask" (B,) bool.
 
     Example:
       >>> ds = Dataset(np.zeros((5, 2)), np.arange(5) % 2, 2, ("a", "b"), "toy")

@@ -1,0 +1,108 @@
+"""Sphinx configuration of the jaxloss API reference, generated from the docstrings.
+
+Build it (``pip install -e ".[docs]"`` first; no network needed, the browser loads MathJax)::
+
+    sphinx-build -W --keep-going -b html docs/api build/docs
+"""
+
+import inspect
+import re
+from pathlib import Path
+
+import jaxloss
+
+project = "jaxloss"
+author = "the jaxloss authors"
+copyright = "the jaxloss authors"
+release = version = jaxloss.__version__
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+]
+
+exclude_patterns = ["_build"]
+html_theme = "furo"
+html_title = f"jaxloss {release}"
+
+# The docstrings are Google style (Args, Returns, Raises, Example, References, Attributes).
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+# Attribute types would print JAX's private module path (jax.jaxlib._jax.Array); the Attributes
+# sections state shapes and dtypes in words.
+napoleon_attr_annotations = False
+
+# Type hints go into the argument descriptions, not the signatures: the signatures stay readable
+# (and parseable: dataclass defaults such as ``<factory>`` are not Python), and no .rst page names
+# a parameter, so renaming one needs no change here.
+autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented"
+autodoc_member_order = "bysource"
+add_module_names = False
+# Unresolvable cross-references (third-party types such as jax.Array) are not warnings.
+nitpicky = False
+
+
+# The names of jaxloss.losses that the family pages document (``.. autofunction:: jaxloss.losses.x``).
+_ON_FAMILY_PAGES = {
+    name
+    for page in Path(__file__).parent.glob("*.rst")
+    for name in re.findall(r"^\.\. auto\w+:: jaxloss\.losses\.(\w+)\s*$", page.read_text(), re.M)
+}
+
+
+def _skip_member(app, what, name, obj, skip, options):
+    """Skips members that are documented elsewhere, so that no object is described twice."""
+    doc = getattr(obj, "__doc__", None) or ""
+    # NamedTuple fields ("Alias for field number 0"): the class's Attributes section describes them.
+    if doc.startswith("Alias for field number"):
+        return True
+    # ``automodule:: jaxloss.losses`` (registry.rst) lists the public names that no family page
+    # documents with its own ``autofunction``.
+    if name in _ON_FAMILY_PAGES and obj is getattr(jaxloss.losses, name, None):
+        return True
+    return skip
+
+
+def _drop_type_docstring(app, what, name, obj, options, lines):
+    """Drops the docstring a constant only has from its type (``tuple``'s for CIFAR10_MEAN)."""
+    type_doc = inspect.getdoc(type(obj)) or ""
+    if what == "data" and lines and type_doc and lines[0].strip() == type_doc.splitlines()[0]:
+        lines.clear()
+
+
+class _Name:
+    """A class default shown by its dotted name (``jax.numpy.float32``), not ``<class '...'>``."""
+
+    def __init__(self, cls):
+        self.text = f"{cls.__module__}.{cls.__qualname__}"
+
+    def __repr__(self):
+        return self.text
+
+
+def _is_class_default(parameter):
+    return parameter.default is not parameter.empty and isinstance(parameter.default, type)
+
+
+def _constructor_signature(app, what, name, obj, options, signature, return_annotation):
+    """Shows a Flax NNX module's ``__init__`` signature, not its metaclass's ``(*args, **kwargs)``."""
+    if what != "class" or signature != "(*args, **kwargs)" or "__init__" not in vars(obj):
+        return None
+    init = inspect.signature(obj.__init__)
+    parameters = [
+        p.replace(
+            annotation=p.empty,
+            default=_Name(p.default) if _is_class_default(p) else p.default,
+        )
+        for p in list(init.parameters.values())[1:]
+    ]
+    return str(init.replace(parameters=parameters, return_annotation=init.empty)), None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_member)
+    app.connect("autodoc-process-signature", _constructor_signature)
+    app.connect("autodoc-process-docstring", _drop_type_docstring)
