@@ -98,3 +98,23 @@ def run_on_devices(code: str, *, num_devices: int = 4, timeout: float = 300) -> 
             f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-5000:]}"
         )
     return result.stdout
+
+
+def spec_call(spec, *, num_classes: int, seed: int = 0, k: int = 2):
+    """``fn(logits, labels, **hyperparameters)`` for a registered loss, ready for small tests.
+
+    The spec's defaults with top-k losses at ``k`` (small class counts), class counts when the loss
+    needs them, and a fixed key for stochastic losses (same key, same noise: comparable calls).
+    """
+    hyperparameters = spec.hyperparameters()
+    if "k" in hyperparameters:
+        hyperparameters["k"] = k
+    if spec.needs_class_counts:
+        hyperparameters["class_counts"] = np.arange(1.0, num_classes + 1) * 10
+    if spec.stochastic:
+        hyperparameters["key"] = jax.random.key(seed)
+
+    def call(logits, labels, **overrides):
+        return spec.fn(logits, labels, **{**hyperparameters, **overrides})
+
+    return call

@@ -20,20 +20,26 @@ from jaxloss.losses._noised_topk import (
     ldam_loss,
     ldam_margins,
 )
-from jaxloss.losses._registry import available_losses, get_loss
+from jaxloss.losses._poly import poly1_loss
+from jaxloss.losses._registry import available_losses, get_loss, loss_spec
+from jaxloss.losses._spec import LossSpec, Range
 from jaxloss.losses._topk_svm import smooth_topk_svm_loss, topk_svm_loss
 
 __all__ = [
     "smooth_topk_svm_loss",
     "topk_svm_loss",
+    "LossSpec",
+    "Range",
     "available_losses",
     "get_loss",
+    "loss_spec",
     "balanced_softmax_loss",
     "confidence_penalty_loss",
     "exact_loss",
     "label_relaxation_loss",
     "logit_adjust",
     "logit_adjusted_loss",
+    "poly1_loss",
     "softmax_focal_loss",
     "balanced_noised_topk_loss",
     "imbalanced_noised_topk_loss",

@@ -1,4 +1,4 @@
-"""Every loss by name, behind one calling convention, for training loops and comparisons.
+"""Every loss by name: one :class:`LossSpec` each, and one calling convention for training loops.
 
 ``get_loss(name, **hyperparameters)`` returns ``fn(logits, labels, *, key) -> per-example loss``.
 Deterministic losses ignore ``key``; stochastic ones (EXACT, the noised top-k losses) draw their noise
@@ -8,81 +8,144 @@ made, so a typo fails before any compilation.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-import optax
 
-from jaxloss import _validation
+from jaxloss import optim
+from jaxloss.losses import _baselines
+from jaxloss.losses._confidence import confidence_penalty_loss, softmax_focal_loss
+from jaxloss.losses._exact import exact_loss
+from jaxloss.losses._label_relaxation import label_relaxation_loss
+from jaxloss.losses._logit_adjustment import balanced_softmax_loss, logit_adjusted_loss
+from jaxloss.losses._noised_topk import (
+    balanced_noised_topk_loss,
+    imbalanced_noised_topk_loss,
+    ldam_loss,
+)
+from jaxloss.losses._poly import poly1_loss
+from jaxloss.losses._spec import LossSpec, Range
+from jaxloss.losses._topk_svm import smooth_topk_svm_loss, topk_svm_loss
 
-__all__ = ["available_losses", "get_loss"]
-
-LossFn = Callable[..., jax.Array]
-
-# Keyword arguments of the library's losses that are plumbing, not hyperparameters.
-_PLUMBING = frozenset({"key", "axis", "axis_name", "where", "noise", "uniforms"})
-
-
-def _cross_entropy(logits, labels):
-    inputs = _validation.prepare(logits, labels)
-    ce = optax.softmax_cross_entropy_with_integer_labels(inputs.logits, inputs.labels)
-    return ce.astype(inputs.out_dtype)
-
-
-def _label_smoothing(logits, labels, *, alpha=0.1):
-    """Cross-entropy against ``(1 - alpha) * one_hot + alpha / C`` (Szegedy et al., 2016)."""
-    _validation.check_in_range("alpha", alpha, lower=0.0, upper=1.0)
-    inputs = _validation.prepare(logits, labels)
-    one_hot = jax.nn.one_hot(inputs.labels, inputs.num_classes, dtype=inputs.logits.dtype)
-    ce = optax.softmax_cross_entropy(inputs.logits, optax.smooth_labels(one_hot, alpha))
-    return ce.astype(inputs.out_dtype)
+__all__ = ["available_losses", "get_loss", "loss_spec"]
 
 
-def _logit_adjusted(logits, labels, *, class_counts, tau=1.0):
-    """Logit adjustment with the priors of the training class counts."""
-    from jaxloss import losses
-
-    # Checked here so that errors name the argument the caller passed; the loss itself is
-    # invariant to rescaling, so counts serve as priors unnormalized.
-    counts = _validation.check_class_vector("class_counts", class_counts, np.shape(logits)[-1])
-    return losses.logit_adjusted_loss(logits, labels, class_priors=counts, tau=tau)
+def _exact_temperature(*, num_epochs, steps_per_epoch, initial_variance, min_variance):
+    """EXACT's vision recipe: the noise variance decays geometrically per epoch; T = sqrt(v)."""
+    variance = optim.variance_schedule(
+        num_epochs, steps_per_epoch, min_variance=min_variance, init_variance=initial_variance
+    )
+    return lambda step: {"temperature": jnp.sqrt(variance(step))}
 
 
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-    """How to reach one loss: a function of ``jaxloss.losses`` by name, or a local adapter."""
-
-    target: str | Callable[..., jax.Array]
-    stochastic: bool = False
-
-    def function(self) -> Callable[..., jax.Array]:
-        if callable(self.target):
-            return self.target
-        # Looked up at call time: the loss modules import nothing from here.
-        from jaxloss import losses
-
-        return getattr(losses, self.target)
+def _injected_noise(shape, rng, hyperparameters):
+    """The noised top-k losses' standard-normal draws, one set per example: they shard with it."""
+    draws = rng.standard_normal(tuple(shape) + (hyperparameters["sample_size"],))
+    return {"noise": jnp.asarray(draws, jnp.float32)}
 
 
-_REGISTRY: dict[str, _Entry] = {
-    "cross_entropy": _Entry(_cross_entropy),
-    "label_smoothing": _Entry(_label_smoothing),
-    "exact": _Entry("exact_loss", stochastic=True),
-    "smooth_topk_svm": _Entry("smooth_topk_svm_loss"),
-    "topk_svm": _Entry("topk_svm_loss"),
-    "balanced_noised_topk": _Entry("balanced_noised_topk_loss", stochastic=True),
-    "imbalanced_noised_topk": _Entry("imbalanced_noised_topk_loss", stochastic=True),
-    "ldam": _Entry("ldam_loss"),
-    "label_relaxation": _Entry("label_relaxation_loss"),
-    "confidence_penalty": _Entry("confidence_penalty_loss"),
-    "focal": _Entry("softmax_focal_loss"),
-    "balanced_softmax": _Entry("balanced_softmax_loss"),
-    "logit_adjusted": _Entry(_logit_adjusted),
-}
+def _quadrature(shape, rng, hyperparameters):
+    del shape, rng, hyperparameters
+    return {"method": "quadrature"}
+
+
+_SPECS = (
+    LossSpec("cross_entropy", _baselines.cross_entropy_loss),
+    LossSpec(
+        "label_smoothing",
+        _baselines.label_smoothing_loss,
+        ranges={"alpha": Range(0.01, 0.3)},
+        tuned=("alpha",),
+    ),
+    LossSpec(
+        "exact",
+        exact_loss,
+        ranges={"temperature": Range(0.1, 10.0), "margin": Range(0.1, 10.0)},
+        tuned=("margin",),
+        schedule=_exact_temperature,
+        schedule_defaults={"initial_variance": 100.0, "min_variance": 1.0},
+        optimizer={"gradient_normalizer": True},
+        reproducible=_quadrature,
+    ),
+    LossSpec(
+        "smooth_topk_svm",
+        smooth_topk_svm_loss,
+        defaults={"k": 5},
+        ranges={"tau": Range(0.05, 5.0), "alpha": Range(0.1, 2.0)},
+        tuned=("tau",),
+    ),
+    LossSpec(
+        "topk_svm",
+        topk_svm_loss,
+        defaults={"k": 5},
+        ranges={"alpha": Range(0.1, 2.0)},
+        tuned=("alpha",),
+    ),
+    LossSpec(
+        "balanced_noised_topk",
+        balanced_noised_topk_loss,
+        defaults={"k": 5, "epsilon": 1.0},
+        ranges={"epsilon": Range(0.05, 5.0)},
+        tuned=("epsilon",),
+        reproducible=_injected_noise,
+    ),
+    LossSpec(
+        "imbalanced_noised_topk",
+        imbalanced_noised_topk_loss,
+        defaults={"k": 5, "epsilon": 0.01, "max_m": 0.2},
+        ranges={
+            "epsilon": Range(1e-3, 0.1),
+            "max_m": Range(0.05, 0.5),
+            "scale": Range(10.0, 100.0),
+        },
+        tuned=("max_m",),
+        logit_scale="scale",
+        reproducible=_injected_noise,
+    ),
+    LossSpec(
+        "ldam",
+        ldam_loss,
+        ranges={"max_m": Range(0.05, 1.0), "scale": Range(10.0, 100.0)},
+        tuned=("max_m",),
+        logit_scale="scale",
+    ),
+    LossSpec(
+        "label_relaxation",
+        label_relaxation_loss,
+        ranges={"alpha": Range(0.01, 0.5)},
+        tuned=("alpha",),
+    ),
+    LossSpec(
+        "confidence_penalty",
+        confidence_penalty_loss,
+        defaults={"beta": 0.3},
+        ranges={"beta": Range(0.01, 1.0)},
+        tuned=("beta",),
+    ),
+    LossSpec(
+        "focal",
+        softmax_focal_loss,
+        ranges={"gamma": Range(0.0, 5.0, log=False)},
+        tuned=("gamma",),
+    ),
+    LossSpec(
+        "poly1",
+        poly1_loss,
+        ranges={"epsilon": Range(-1.0, 4.0, log=False)},
+        tuned=("epsilon",),
+    ),
+    LossSpec("balanced_softmax", balanced_softmax_loss),
+    LossSpec(
+        "logit_adjusted",
+        logit_adjusted_loss,
+        ranges={"tau": Range(0.25, 2.0, log=False)},
+        tuned=("tau",),
+    ),
+)
+_REGISTRY: dict[str, LossSpec] = {spec.name: spec for spec in _SPECS}
 
 
 def available_losses() -> tuple[str, ...]:
@@ -95,19 +158,22 @@ def available_losses() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def _hyperparameters(fn: Callable) -> tuple[dict[str, Any], set[str]]:
-    """The keyword hyperparameters of ``fn``: ``({name: default}, required names)``."""
-    accepted, required = {}, set()
-    for parameter in inspect.signature(fn).parameters.values():
-        if parameter.kind is not inspect.Parameter.KEYWORD_ONLY or parameter.name in _PLUMBING:
-            continue
-        accepted[parameter.name] = parameter.default
-        if parameter.default is inspect.Parameter.empty:
-            required.add(parameter.name)
-    return accepted, required
+def loss_spec(name: str) -> LossSpec:
+    """The :class:`LossSpec` of a registered loss: its function, defaults, ranges and needs.
+
+    Example:
+      >>> spec = loss_spec("smooth_topk_svm")
+      >>> spec.hyperparameters()["k"], spec.stochastic, spec.head
+      (5, False, 'linear')
+    """
+    if name not in _REGISTRY:
+        raise ValueError(
+            f"Unknown loss {name!r}. Available losses: {', '.join(available_losses())}."
+        )
+    return _REGISTRY[name]
 
 
-def get_loss(name: str, *, class_counts: Any = None, **hyperparameters: Any) -> LossFn:
+def get_loss(name: str, *, class_counts: Any = None, **hyperparameters: Any):
     """A loss by name as ``fn(logits, labels, *, key) -> per-example loss``.
 
     Args:
@@ -117,12 +183,15 @@ def get_loss(name: str, *, class_counts: Any = None, **hyperparameters: Any) -> 
         Softmax, logit adjustment, LDAM, the imbalanced noised top-k loss) and ignored by the rest,
         so a training loop can always supply it.
       **hyperparameters: the loss's keyword arguments (for example ``k=5, tau=1.0`` for
-        ``smooth_topk_svm``); the loss's own defaults apply to those not given.
+        ``smooth_topk_svm``); the loss's own defaults apply to those not given. Continuous ones
+        may be traced arrays (one value per member of a vmapped population).
 
     Returns:
       A function of ``(logits, labels, *, key)``. ``key`` is a ``jax.random`` key, used by the
       stochastic losses (``exact``, ``balanced_noised_topk``, ``imbalanced_noised_topk``) and
-      ignored by the others; fold a step counter into it so every step draws fresh noise.
+      ignored by the others; fold a step counter into it so every step draws fresh noise. For the
+      losses made for cosine scores (``spec.logit_scale``), ``logits`` are what their head emits,
+      ``scale * cosine``; the function divides by ``scale`` before the loss applies its own.
 
     Raises:
       ValueError: an unknown name, an unknown hyperparameter or a missing required one; the
@@ -134,13 +203,8 @@ def get_loss(name: str, *, class_counts: Any = None, **hyperparameters: Any) -> 
       >>> loss(jnp.zeros((2, 3)), jnp.array([0, 2]), key=jax.random.key(0)).shape
       (2,)
     """
-    if name not in _REGISTRY:
-        raise ValueError(
-            f"Unknown loss {name!r}. Available losses: {', '.join(available_losses())}."
-        )
-    entry = _REGISTRY[name]
-    fn = entry.function()
-    accepted, required = _hyperparameters(fn)
+    spec = loss_spec(name)
+    accepted = spec.signature_defaults()
     unknown = sorted(set(hyperparameters) - set(accepted))
     if unknown:
         raise ValueError(
@@ -148,23 +212,31 @@ def get_loss(name: str, *, class_counts: Any = None, **hyperparameters: Any) -> 
             f"Valid hyperparameters: {_describe(accepted)}."
         )
     kwargs = dict(hyperparameters)
-    if "class_counts" in accepted:
+    if spec.needs_class_counts:
         if class_counts is None:
             raise ValueError(
                 f"Loss {name!r} needs class_counts, the number of training examples per class."
             )
-        kwargs["class_counts"] = np.asarray(class_counts)
+        kwargs["class_counts"] = (
+            class_counts if isinstance(class_counts, jax.Array) else np.asarray(class_counts)
+        )
+    required = {k for k, v in accepted.items() if v is inspect.Parameter.empty}
     missing = sorted(required - set(kwargs))
     if missing:
         raise ValueError(
             f"Loss {name!r} is missing required hyperparameter(s) {', '.join(missing)}. "
             f"Valid hyperparameters: {_describe(accepted)}."
         )
+    fn = spec.fn
+    scale = None if spec.logit_scale is None else spec.scale(kwargs)
 
     def loss(logits: jax.Array, labels: jax.Array, *, key: jax.Array) -> jax.Array:
-        if entry.stochastic:
-            return fn(logits, labels, key=key, **kwargs)
-        return fn(logits, labels, **kwargs)
+        dtype = jnp.result_type(logits)
+        if scale is not None:
+            # In float32 at least: the loss multiplies by the scale again.
+            logits = logits / jnp.asarray(scale, jnp.promote_types(dtype, jnp.float32))
+        noise = {"key": key} if spec.stochastic else {}
+        return fn(logits, labels, **noise, **kwargs).astype(dtype)
 
     loss.__name__ = name
     loss.__doc__ = f"{name} loss with {kwargs or 'default hyperparameters'}."
