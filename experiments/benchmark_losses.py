@@ -26,7 +26,12 @@ from absl import app, flags
 
 import jaxloss
 
-_GROUPS = flags.DEFINE_list("groups", None, "Case groups to run (default: all).")
+_GROUPS = flags.DEFINE_list(
+    "groups",
+    None,
+    "Case groups to run (default: all): registered (every loss of jaxloss.available_losses() at "
+    "its spec's defaults), closed_form, smooth_topk, noised_topk, exact.",
+)
 _REPEATS = flags.DEFINE_integer("repeats", 30, "Timed calls per case (median reported).")
 _JSON = flags.DEFINE_string("json", "benchmark_losses.json", "Where the rows go as JSON.")
 
@@ -49,12 +54,30 @@ def cross_entropy(logits, labels, key):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def registered_cases() -> list[Case]:
+    """Every registered loss (``jaxloss.available_losses()``) at its spec's default hyperparameters,
+    called through ``jaxloss.get_loss`` as a training loop calls it."""
+    cases = []
+    for batch, classes in SHAPES[:2]:  # EXACT's full Genz is O(C^2): see the exact group for more
+        for name in jaxloss.available_losses():
+            spec = jaxloss.loss_spec(name)
+            hyperparameters = spec.hyperparameters()
+            if "k" in hyperparameters:
+                hyperparameters["k"] = min(hyperparameters["k"], classes - 1)
+            loss = jaxloss.get_loss(
+                name, class_counts=jnp.arange(1.0, classes + 1.0), **hyperparameters
+            )
+            cases.append(
+                Case("registered", name, batch, classes, lambda x, y, k, f=loss: f(x, y, key=k))
+            )
+    return cases
+
+
 def closed_form_cases() -> list[Case]:
     counts = jnp.arange(1.0, 1001.0)
     cases = []
     for batch, classes in SHAPES:
         c = counts[:classes]
-        priors = c / c.sum()
         losses = {
             "label_relaxation": lambda x, y, k: jaxloss.label_relaxation_loss(x, y, alpha=0.1),
             "confidence_penalty": lambda x, y, k: jaxloss.confidence_penalty_loss(x, y, beta=0.5),
@@ -62,8 +85,8 @@ def closed_form_cases() -> list[Case]:
             "balanced_softmax": lambda x, y, k, c=c: jaxloss.balanced_softmax_loss(
                 x, y, class_counts=c
             ),
-            "logit_adjusted": lambda x, y, k, p=priors: jaxloss.logit_adjusted_loss(
-                x, y, class_priors=p
+            "logit_adjusted": lambda x, y, k, c=c: jaxloss.logit_adjusted_loss(
+                x, y, class_counts=c
             ),
         }
         cases += [Case("closed_form", n, batch, classes, f) for n, f in losses.items()]
@@ -71,17 +94,17 @@ def closed_form_cases() -> list[Case]:
 
 
 def noised_topk_cases() -> list[Case]:
-    """The pytopk rows (batch, classes, k, n_samples), and ldam_loss (closed form) for scale."""
+    """The pytopk rows (batch, classes, k, sample_size), and ldam_loss (closed form) for scale."""
     cases = []
     for batch, classes, k, samples in ((256, 100, 5, 10), (256, 1000, 5, 10), (256, 1000, 5, 100)):
         counts = jnp.arange(1.0, classes + 1.0)
 
         def balanced(x, y, key, k=k, s=samples):
-            return jaxloss.balanced_noised_topk_loss(x, y, k=k, epsilon=1.0, n_samples=s, key=key)
+            return jaxloss.balanced_noised_topk_loss(x, y, k=k, epsilon=1.0, sample_size=s, key=key)
 
         def imbalanced(x, y, key, k=k, s=samples, c=counts):
             return jaxloss.imbalanced_noised_topk_loss(
-                x, y, class_counts=c, k=k, epsilon=0.01, max_m=0.2, n_samples=s, key=key
+                x, y, class_counts=c, k=k, epsilon=0.01, max_m=0.2, sample_size=s, key=key
             )
 
         for name, fn in (
@@ -147,6 +170,7 @@ def smooth_topk_cases() -> list[Case]:
 
 # Each loss family contributes one function returning its cases.
 CASE_GROUPS: dict[str, Callable[[], list[Case]]] = {
+    "registered": registered_cases,
     "closed_form": closed_form_cases,
     "smooth_topk": smooth_topk_cases,
     "noised_topk": noised_topk_cases,

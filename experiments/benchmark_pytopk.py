@@ -39,7 +39,7 @@ def compare(batch: int, classes: int, k: int, samples: int, repeats: int) -> tup
 
     def objective(logits, key):
         loss = jaxloss.balanced_noised_topk_loss(
-            logits, y, k=k, epsilon=1.0, n_samples=samples, key=key
+            logits, y, k=k, epsilon=1.0, sample_size=samples, key=key
         )
         return loss.mean()
 
@@ -63,7 +63,7 @@ def compare(batch: int, classes: int, k: int, samples: int, repeats: int) -> tup
 def main(argv):
     del argv
     print(f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
-    print("| batch x classes | k | n_samples | pytopk ms | jaxloss ms | speed-up |")
+    print("| batch x classes | k | sample_size | pytopk ms | jaxloss ms | speed-up |")
     print("|---|---|---|---|---|---|")
     for batch, classes, k, samples in ROWS:
         theirs, ours = compare(batch, classes, k, samples, _REPEATS.value)

@@ -2,7 +2,7 @@
 
     python experiments/main.py --config experiments/configs/cifar100_noisy.py:balanced_noised_topk \
         --workdir /tmp/cifar100_noisy --config.loss.hyperparameters.epsilon=0.2 \
-        --config.loss.hyperparameters.n_samples=10
+        --config.loss.hyperparameters.sample_size=10
 
 The reference trains DenseNet-40-40; this config uses WRN-16-8. SGD with Nesterov momentum 0.9,
 weight decay 1e-4, learning rate 0.1 multiplied by 0.1 at epochs 151 and 226, 300 epochs,

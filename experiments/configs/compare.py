@@ -5,14 +5,15 @@
         --config.losses="('cross_entropy', 'label_relaxation')" --config.setups="('digits',)"
 
 The protocol is fixed before any result is seen: each setup's own config (model, optimizer, epochs,
-data) with each loss's default hyperparameters from ``digits.LOSS_HYPERPARAMETERS`` (the papers'
+data) with each loss's default hyperparameters from their specs (``jaxloss.loss_spec``) (the papers'
 defaults, never tuned on these data) and model selection on the validation split. The comparison
 changes one thing: with 10 classes top-5 accuracy is near 1 for every loss, so the top-k metrics and
 the top-k losses use k = 2.
 """
 
 import ml_collections
-from configs import digits
+
+import jaxloss
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -22,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.top_k = 2
     # Config modules in experiments/configs, each with get_config(loss).
     config.setups = ("digits", "digits_lt", "digits_noisy")
-    config.losses = tuple(digits.LOSS_HYPERPARAMETERS)
+    config.losses = jaxloss.available_losses()
     # Which cells the calibration and long-tail plots show.
     config.calibration_setup = "digits"
     config.calibration_losses = ("cross_entropy", "label_smoothing", "label_relaxation")

@@ -3,51 +3,34 @@
     python experiments/main.py --config experiments/configs/digits.py:label_relaxation \
         --workdir /tmp/digits --config.loss.hyperparameters.alpha=0.2
 
-The text after ``:`` names the loss (default ``cross_entropy``); its hyperparameters start from
-:data:`LOSS_HYPERPARAMETERS` (the papers' defaults) and can be overridden one by one. Every other
+The text after ``:`` names the loss (default ``cross_entropy``); its hyperparameters start from its
+spec's defaults (``jaxloss.loss_spec(name).hyperparameters()``, the papers' values) and can be
+overridden one by one. Every other
 config starts from this one and changes what differs. The MLP is 256-256 to stay fast; the label
 relaxation paper's MNIST model (``simple_dense``) is ``model.hidden_sizes=(1024, 1024)``.
 """
 
 import ml_collections
 
-# Default hyperparameters of every registered loss (jaxloss.available_losses()).
-LOSS_HYPERPARAMETERS = {
-    "cross_entropy": {},
-    "label_smoothing": {"alpha": 0.1},
-    "exact": {"sample_size": 16},
-    "smooth_topk_svm": {"k": 5, "alpha": 1.0, "tau": 1.0},
-    "topk_svm": {"k": 5, "alpha": 1.0},
-    "balanced_noised_topk": {"k": 5, "epsilon": 1.0, "n_samples": 5},
-    "imbalanced_noised_topk": {
-        "k": 5,
-        "epsilon": 0.01,
-        "max_m": 0.2,
-        "scale": 50.0,
-        "n_samples": 5,
-    },
-    "ldam": {"max_m": 0.5, "scale": 30.0},
-    "label_relaxation": {"alpha": 0.1},
-    "confidence_penalty": {"beta": 0.3},
-    "focal": {"gamma": 2.0},
-    "balanced_softmax": {},
-    "logit_adjusted": {"tau": 1.0},
-}
-# Losses designed for scaled cosine scores (a normalized last layer) rather than free logits.
-COSINE_HEAD_LOSSES = ("ldam", "imbalanced_noised_topk")
+import jaxloss
 
 
 def set_loss(config: ml_collections.ConfigDict, loss: str) -> None:
-    """Sets the loss, its default hyperparameters and the head it is designed for."""
-    if loss not in LOSS_HYPERPARAMETERS:
-        raise ValueError(f"Unknown loss {loss!r}. Available: {', '.join(LOSS_HYPERPARAMETERS)}.")
+    """Sets the loss and what its spec (``jaxloss.loss_spec(loss)``) says it needs.
+
+    Its hyperparameters start from the papers' defaults; hyperparameters without a default that
+    have a tuning range (EXACT's margin) are placeholders, so the command line can set them. Its
+    schedule's parameters, the head it is designed for and its optimizer recipe come along.
+    """
+    spec = jaxloss.loss_spec(loss)
+    hyperparameters = spec.hyperparameters()
+    for name in spec.ranges:
+        hyperparameters.setdefault(name, ml_collections.config_dict.placeholder(float))
     config.loss.name = loss
-    config.loss.hyperparameters = ml_collections.ConfigDict(LOSS_HYPERPARAMETERS[loss])
-    config.model.head = "cosine" if loss in COSINE_HEAD_LOSSES else "linear"
-    # EXACT's recipe: a head whose frozen variance (the temperature squared) decays over the run,
-    # and its gradient normalizer in place of clipping.
-    config.model.head = "exact" if loss == "exact" else config.model.head
-    config.optimizer.gradient_normalizer = loss == "exact"
+    config.loss.hyperparameters = ml_collections.ConfigDict(hyperparameters)
+    config.loss.schedule = ml_collections.ConfigDict(dict(spec.schedule_defaults))
+    config.model.head = spec.head
+    config.optimizer.update(spec.optimizer)
 
 
 def get_config(loss: str = "cross_entropy") -> ml_collections.ConfigDict:
@@ -80,10 +63,8 @@ def get_config(loss: str = "cross_entropy") -> ml_collections.ConfigDict:
     config.model.hidden_sizes = (256, 256)
     config.model.depth = 20  # resnet / wide_resnet
     config.model.width = 8  # wide_resnet
-    config.model.head = "linear"  # linear | cosine | exact
+    config.model.head = "linear"  # linear | cosine (set from the loss's spec)
     config.model.zero_logit = False
-    config.model.initial_variance = 100.0  # exact head
-    config.model.min_variance = 1.0  # exact head
 
     config.loss = ml_collections.ConfigDict()
 

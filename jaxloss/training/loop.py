@@ -60,32 +60,18 @@ def load_datasets(config: ml_collections.ConfigDict) -> dict[str, data.Dataset]:
     return splits
 
 
-def evaluation_logit_scale(config: ml_collections.ConfigDict) -> float:
-    """The factor from the model's outputs to the logits its loss actually uses.
-
-    A cosine head outputs scores in [-1, 1]; the losses made for it (LDAM, the imbalanced noised
-    top-k loss) multiply them by their ``scale``. Probability metrics (ECE, NLL) must see those
-    logits too, or a confident model looks uniform.
-    """
-    if config.model.get("head", "linear") != "cosine":
-        return 1.0
-    return float(config.loss.hyperparameters.get("scale", 1.0))
-
-
-def _logits(steps, state, dataset, *, batch_size, scale) -> np.ndarray:
+def _logits(steps, state, dataset, *, batch_size) -> np.ndarray:
     """Every seed's logits on a whole split, (S, N, C)."""
     chunks = []
     for batch in data.epoch_batches(dataset, batch_size=batch_size, epoch=0, seed=0, train=False):
         features = jax.device_put(batch["features"], steps.eval_sharding)
-        chunks.append(scale * np.asarray(steps.evaluate(state, features))[:, batch["mask"]])
+        chunks.append(np.asarray(steps.evaluate(state, features))[:, batch["mask"]])
     return np.concatenate(chunks, axis=1)
 
 
-def _evaluate(steps, state, splits, *, batch_size, k, scale) -> tuple[dict, np.ndarray]:
+def _evaluate(steps, state, splits, *, batch_size, k) -> tuple[dict, np.ndarray]:
     """Metrics of every seed on validation and test, and the test logits (S, N, C)."""
-    logits = [
-        _logits(steps, state, splits[split], batch_size=batch_size, scale=scale) for split in SPLITS
-    ]
+    logits = [_logits(steps, state, splits[split], batch_size=batch_size) for split in SPLITS]
     sizes = [z.shape[1] for z in logits]
     # Both splits in one call, told apart by masks, so the metrics compile once.
     masks = np.repeat(np.eye(len(SPLITS), dtype=bool), sizes, axis=1)
@@ -313,7 +299,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 splits,
                 batch_size=config.eval_batch_size,
                 k=k,
-                scale=evaluation_logit_scale(config),
             )
             record.update(values)
             best = _update_best(best, record, test_logits, selection)

@@ -3,9 +3,8 @@
 Backbones: ``mlp`` (the label relaxation paper's ``simple_dense`` is ``hidden_sizes=(1024, 1024)``),
 ``cnn`` (a small convolutional net), ``resnet`` (CIFAR pre-activation ResNet, depth 20/32/56),
 ``wide_resnet`` (WRN-16-8, WRN-28-10) and ``linear`` (no backbone: the head sees the flat input).
-Heads: ``linear``, ``cosine`` (:class:`jaxloss.nn.CosineClassifier`) and ``exact`` (a linear head
-with EXACT's frozen variance, decayed geometrically over training; its square root is the loss's
-temperature).
+Heads: ``linear`` and ``cosine`` (:class:`jaxloss.nn.CosineClassifier` times a scale). A head outputs
+the logits its loss uses, so evaluation (accuracy, ECE, NLL) sees exactly what training optimizes.
 """
 
 from __future__ import annotations
@@ -18,10 +17,10 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-__all__ = ["BACKBONES", "HEADS", "Classifier", "ExactHead", "FrozenVariance", "build_model"]
+__all__ = ["BACKBONES", "HEADS", "Classifier", "build_model"]
 
 BACKBONES = ("mlp", "cnn", "resnet", "wide_resnet", "linear")
-HEADS = ("linear", "cosine", "exact")
+HEADS = ("linear", "cosine")
 
 
 def _conv(in_channels: int, out_channels: int, size: int, *, rngs: nnx.Rngs, stride: int = 1):
@@ -137,10 +136,6 @@ class PreActResNet(nnx.Module):
         return jnp.mean(x, axis=(1, 2))
 
 
-class FrozenVariance(nnx.Variable):
-    """A variable the optimizer never sees: not an ``nnx.Param``, set by a schedule."""
-
-
 class LinearHead(nnx.Module):
     """A dense layer; with ``zero_logit`` it has C-1 outputs and a constant 0 logit for class 0.
 
@@ -158,60 +153,19 @@ class LinearHead(nnx.Module):
             logits = jnp.concatenate([jnp.zeros_like(logits[..., :1]), logits], axis=-1)
         return logits
 
-    def loss_hyperparameters(self, epoch: jax.Array, num_epochs: int) -> dict:
-        del epoch, num_epochs
-        return {}
-
-
-class ExactHead(LinearHead):
-    """EXACT's classifier: a linear head plus a frozen variance on a geometric schedule.
-
-    The variance follows :func:`jaxloss.optim.variance_schedule` per epoch, from
-    ``initial_variance`` down towards ``min_variance``; the loss's temperature (noise std) is
-    ``sqrt(v)``. The EXACT paper's vision setup uses v0 = 100 and v_min = 1; its UCI temperature
-    schedule T = 10 -> 0.01 is v0 = 100, v_min = 1e-4.
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        num_classes: int,
-        *,
-        initial_variance: float,
-        min_variance: float,
-        zero_logit: bool,
-        rngs: nnx.Rngs,
-    ):
-        super().__init__(in_features, num_classes, zero_logit=zero_logit, rngs=rngs)
-        self.initial_variance = initial_variance
-        self.min_variance = min_variance
-        self.variance = FrozenVariance(jnp.asarray(initial_variance, jnp.float32))
-
-    def loss_hyperparameters(self, epoch: jax.Array, num_epochs: int) -> dict:
-        """Sets the variance of ``epoch`` (of ``num_epochs``) and returns the loss temperature."""
-        from jaxloss import optim
-
-        schedule = optim.variance_schedule(
-            num_epochs, min_variance=self.min_variance, init_variance=self.initial_variance
-        )
-        self.variance[...] = jnp.asarray(schedule(epoch), jnp.float32)
-        return {"temperature": jnp.sqrt(self.variance[...])}
-
 
 class CosineHead(nnx.Module):
-    """Cosine scores in [-1, 1] (:class:`jaxloss.nn.CosineClassifier`); scale them in the loss."""
+    """``scale`` times cosine scores (:class:`jaxloss.nn.CosineClassifier`): the logits of the
+    losses made for a normalized last layer (LDAM, the imbalanced noised top-k loss)."""
 
-    def __init__(self, in_features: int, num_classes: int, *, rngs: nnx.Rngs):
+    def __init__(self, in_features: int, num_classes: int, *, scale: float, rngs: nnx.Rngs):
         from jaxloss import nn
 
         self.cosine = nn.CosineClassifier(in_features, num_classes, rngs=rngs)
+        self.scale = scale
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.cosine(x)
-
-    def loss_hyperparameters(self, epoch: jax.Array, num_epochs: int) -> dict:
-        del epoch, num_epochs
-        return {}
+        return self.scale * self.cosine(x)
 
 
 class Classifier(nnx.Module):
@@ -223,10 +177,6 @@ class Classifier(nnx.Module):
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         return self.head(self.backbone(x, train=train))
-
-    def loss_hyperparameters(self, epoch: jax.Array, num_epochs: int) -> dict:
-        """Loss keyword arguments the model owns (EXACT's temperature) in ``epoch``."""
-        return self.head.loss_hyperparameters(epoch, num_epochs)
 
 
 def _backbone(config: ml_collections.ConfigDict, input_shape: tuple[int, ...], rngs: nnx.Rngs):
@@ -260,17 +210,21 @@ def build_model(
     num_classes: int,
     input_shape: tuple[int, ...],
     rngs: nnx.Rngs,
+    *,
+    cosine_scale: float = 1.0,
 ) -> Classifier:
     """Builds the classifier a model config describes.
 
     Args:
       config: the ``model`` part of an experiment config: ``name`` (one of :data:`BACKBONES`),
         ``head`` (one of :data:`HEADS`) and the fields they use: ``hidden_sizes`` (mlp),
-        ``depth`` (resnet, wide_resnet), ``width`` (wide_resnet), ``zero_logit`` (linear and exact
-        heads), ``initial_variance`` and ``min_variance`` (exact head).
+        ``depth`` (resnet, wide_resnet), ``width`` (wide_resnet), ``zero_logit`` (linear head).
       num_classes: number of logits C.
       input_shape: shape of one example, e.g. (8, 8, 1) or (13,).
       rngs: initialization randomness.
+      cosine_scale: the cosine head's factor on its cosines; the training step passes the loss's
+        own scale (:attr:`jaxloss.losses.LossSpec.logit_scale`), so that the head outputs the
+        logits the loss uses.
 
     Returns:
       A :class:`Classifier`; call it as ``model(x, train=...)``.
@@ -284,16 +238,7 @@ def build_model(
     if head == "linear":
         head_module = LinearHead(backbone.features, num_classes, zero_logit=zero_logit, rngs=rngs)
     elif head == "cosine":
-        head_module = CosineHead(backbone.features, num_classes, rngs=rngs)
-    elif head == "exact":
-        head_module = ExactHead(
-            backbone.features,
-            num_classes,
-            initial_variance=config.get("initial_variance", 100.0),
-            min_variance=config.get("min_variance", 1.0),
-            zero_logit=zero_logit,
-            rngs=rngs,
-        )
+        head_module = CosineHead(backbone.features, num_classes, scale=cosine_scale, rngs=rngs)
     else:
         raise ValueError(f"Unknown head {head!r}. Available heads: {', '.join(HEADS)}.")
     return Classifier(backbone, head_module)

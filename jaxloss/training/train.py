@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxloss import data, metrics
-from jaxloss.losses import get_loss
+from jaxloss.losses import _softmax, get_loss, loss_spec
 from jaxloss.training.models import build_model
 
 __all__ = [
@@ -139,9 +139,7 @@ def compute_metrics(
     """
     k = min(k, num_classes)
     predictions = jnp.argmax(logits, axis=-1)
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
     weights = where / jnp.sum(where)
-    label_log_probs = jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
     return {
         "accuracy": jnp.sum(weights * (predictions == labels)),
         f"top{k}_accuracy": jnp.sum(weights * metrics.topk_accuracy(logits, labels, k=k)),
@@ -152,9 +150,9 @@ def compute_metrics(
             logits, labels, k=k, num_classes=num_classes, where=where
         ),
         "ece": metrics.expected_calibration_error(
-            jnp.exp(log_probs), labels, n_bins=15, where=where
+            jax.nn.softmax(logits, axis=-1), labels, n_bins=15, where=where
         ),
-        "nll": -jnp.sum(weights * label_log_probs),
+        "nll": jnp.sum(weights * _softmax.cross_entropy(logits, labels)),
         "per_class_recall": metrics.per_class_recall(
             predictions, labels, num_classes=num_classes, where=where
         ),
@@ -234,15 +232,33 @@ def make_steps(
         lambda: build_model(config.model, num_classes, input_shape, nnx.Rngs(0))
     )
     graphdef, _, _ = nnx.split(abstract, nnx.Param, ...)
-    loss_name = config.loss.name
-    loss_hyperparameters = dict(config.loss.get("hyperparameters", {}))
+    spec = loss_spec(config.loss.name)
+    # An unset (None) hyperparameter takes the loss's own default.
+    loss_hyperparameters = {
+        k: v for k, v in config.loss.get("hyperparameters", {}).items() if v is not None
+    }
     # Fail on a bad loss name or hyperparameter now, not inside the first trace.
-    if config.model.get("head", "linear") != "exact":
-        get_loss(loss_name, class_counts=class_counts, **loss_hyperparameters)
+    get_loss(spec.name, class_counts=class_counts, **loss_hyperparameters)
+    # Hyperparameters that follow a schedule of the step (EXACT's temperature).
+    scheduled = (
+        (lambda step: {})
+        if spec.schedule is None
+        else spec.schedule(
+            num_epochs=num_epochs,
+            steps_per_epoch=steps_per_epoch,
+            **{**spec.schedule_defaults, **config.loss.get("schedule", {})},
+        )
+    )
     augment = config.data.get("augment", False)
 
     def init_one(key):
-        model = build_model(config.model, num_classes, input_shape, nnx.Rngs(key))
+        model = build_model(
+            config.model,
+            num_classes,
+            input_shape,
+            nnx.Rngs(key),
+            cosine_scale=spec.scale(loss_hyperparameters),
+        )
         _, params, rest = nnx.split(model, nnx.Param, ...)
         return {"params": params, "rest": rest, "opt": tx.init(params), "step": jnp.int32(0)}
 
@@ -254,15 +270,12 @@ def make_steps(
         if augment:
             crop_key, flip_key = jax.random.split(augment_key)
             features = data.random_flip(flip_key, data.random_crop(crop_key, features, padding=4))
-        # The model's own loss hyperparameters (EXACT's scheduled temperature) depend on the
-        # epoch only; they are set outside the differentiated function.
-        model = nnx.merge(graphdef, state["params"], state["rest"])
-        owned = model.loss_hyperparameters(step // steps_per_epoch, num_epochs)
-        loss_fn = get_loss(loss_name, class_counts=class_counts, **loss_hyperparameters, **owned)
-        _, _, scheduled_rest = nnx.split(model, nnx.Param, ...)
+        loss_fn = get_loss(
+            spec.name, class_counts=class_counts, **{**loss_hyperparameters, **scheduled(step)}
+        )
 
         def objective(params):
-            model = nnx.merge(graphdef, params, scheduled_rest)
+            model = nnx.merge(graphdef, params, state["rest"])
             logits = model(features, train=True)
             loss = jnp.mean(loss_fn(logits, labels, key=loss_key))
             _, _, rest = nnx.split(model, nnx.Param, ...)

@@ -47,10 +47,11 @@ def test_config_builds_its_model_and_loss(name):
     ).replace("\\ ", "")
     config = module.get_config()
     num_classes = 100 if config.data.name == "cifar100" else 10
-    if config.model.head != "exact":  # the EXACT head adds the temperature in training
-        jaxloss.get_loss(
-            config.loss.name, class_counts=np.ones(num_classes), **config.loss.hyperparameters
-        )
+    spec = jaxloss.loss_spec(config.loss.name)
+    assert config.model.head == spec.head
+    jaxloss.get_loss(
+        config.loss.name, class_counts=np.ones(num_classes), **config.loss.hyperparameters
+    )
     model = nnx.eval_shape(
         lambda: build_model(config.model, num_classes, INPUT_SHAPES[config.data.name], nnx.Rngs(0))
     )
@@ -72,5 +73,9 @@ def test_main_trains_with_overrides(tmp_path):
     subprocess.run(command, check=True, cwd=REPO_ROOT, env=env, capture_output=True, timeout=300)
     with open(tmp_path / "config.json") as file:
         config = json.load(file)
-    assert config["loss"] == {"name": "label_relaxation", "hyperparameters": {"alpha": 0.2}}
+    assert config["loss"] == {
+        "name": "label_relaxation",
+        "hyperparameters": {"alpha": 0.2},
+        "schedule": {},
+    }
     assert len(open(tmp_path / "metrics.jsonl").readlines()) == 1

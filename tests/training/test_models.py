@@ -29,7 +29,6 @@ CASES = {
     "resnet": (_config(name="resnet", depth=8), (8, 8, 3)),
     "wide_resnet": (_config(name="wide_resnet", depth=10, width=1), (8, 8, 3)),
     "cosine_head": (_config(head="cosine"), (6,)),
-    "exact_head": (_config(head="exact", initial_variance=100.0, min_variance=1.0), (6,)),
 }
 
 
@@ -57,22 +56,16 @@ def test_model_trains_one_step(case):
     chex.assert_tree_all_finite((loss, logits, nnx.state(model)))
 
 
-def test_cosine_head_scores_are_cosines():
+def test_cosine_head_outputs_scaled_cosines():
     config, input_shape = CASES["cosine_head"]
-    model = build_model(config, NUM_CLASSES, input_shape, nnx.Rngs(0))
-    scores = model(jnp.ones((3, *input_shape)) * 100.0, train=False)
-    assert np.all(np.abs(scores) <= 1.0 + 1e-6)
-
-
-def test_exact_head_variance_follows_the_geometric_schedule_and_is_not_a_param():
-    config, input_shape = CASES["exact_head"]
-    model = build_model(config, NUM_CLASSES, input_shape, nnx.Rngs(0))
-    assert float(model.loss_hyperparameters(0, 2)["temperature"]) == pytest.approx(10.0)
-    assert float(model.loss_hyperparameters(1, 2)["temperature"]) == pytest.approx(10**0.5)
-    assert float(model.head.variance[...]) == pytest.approx(10.0)
-    params = jax.tree.leaves(nnx.state(model, nnx.Param))
-    assert all(p.shape != () for p in params)  # the scalar variance is not trained
-    assert build_model(_config(), NUM_CLASSES, (6,), nnx.Rngs(0)).loss_hyperparameters(1, 2) == {}
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((3, *input_shape)), jnp.float32)
+    unit = build_model(config, NUM_CLASSES, input_shape, nnx.Rngs(0))(x * 100.0, train=False)
+    assert np.all(np.abs(unit) <= 1.0 + 1e-6)
+    scaled = build_model(config, NUM_CLASSES, input_shape, nnx.Rngs(0), cosine_scale=30.0)
+    np.testing.assert_allclose(scaled(x * 100.0, train=False), 30.0 * unit, rtol=1e-5)
+    # The scale is a constant of the head, not a trained parameter.
+    params = jax.tree.leaves(nnx.state(scaled, nnx.Param))
+    assert all(p.shape != () for p in params)
 
 
 def test_zero_logit_head_pins_class_zero():
@@ -113,7 +106,7 @@ def test_resnet_sizes_match_the_papers(name, depth, width, millions):
     ("fields", "input_shape", "message"),
     [
         ({"name": "vgg"}, (8, 8, 1), "Unknown model 'vgg'. Available models: mlp, cnn"),
-        ({"head": "svm"}, (6,), "Unknown head 'svm'. Available heads: linear, cosine, exact"),
+        ({"head": "svm"}, (6,), "Unknown head 'svm'. Available heads: linear, cosine"),
         ({"name": "resnet", "depth": 21}, (8, 8, 1), "6n\\+2"),
         ({"name": "wide_resnet", "depth": 15}, (8, 8, 1), "6n\\+4"),
         ({"name": "cnn"}, (64,), "needs images"),
