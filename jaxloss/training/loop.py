@@ -22,7 +22,13 @@ from absl import logging
 from jaxloss import data
 from jaxloss.training import logs
 from jaxloss.training.checkpoint import Checkpointer, CheckpointError
-from jaxloss.training.train import compute_metrics, make_mesh, make_steps, seed_keys, seed_metrics
+from jaxloss.training.train import (
+    compute_metrics,
+    make_mesh,
+    make_population,
+    make_steps,
+    seed_metrics,
+)
 
 __all__ = ["load_datasets", "train_and_evaluate"]
 
@@ -90,15 +96,15 @@ def _evaluate(steps, state, splits, *, batch_size, k) -> tuple[dict, np.ndarray]
     return record, logits[SPLITS.index("test")]
 
 
-def _train_epoch(steps, state, train, *, config, epoch, keys, num_steps):
-    """One epoch over every seed's own shuffle; returns the state and per-step losses (T, S)."""
-    num_seeds = config.num_seeds
+def _train_epoch(steps, state, train, *, config, epoch, keys, population, num_steps):
+    """One epoch over every member's own shuffle; returns the state and per-step losses (T, M)."""
     iterators = [
         data.epoch_batches(
-            train, batch_size=config.batch_size, epoch=epoch, seed=config.seed + i, train=True
+            train, batch_size=config.batch_size, epoch=epoch, seed=int(s), train=True
         )
-        for i in range(num_seeds)
+        for s in population.seeds
     ]
+    member = jax.device_put(population.values)
     losses, accuracies = [], []
     bar = logs.progress_bar(
         num_steps, epoch=epoch, num_epochs=config.num_epochs, enabled=config.progress_bar
@@ -106,7 +112,9 @@ def _train_epoch(steps, state, train, *, config, epoch, keys, num_steps):
     start = time.perf_counter()
     for step, batches in enumerate(zip(*iterators, strict=True)):
         batch = {name: np.stack([b[name] for b in batches]) for name in ("features", "labels")}
-        state, stats = steps.train(state, jax.device_put(batch, steps.batch_sharding), keys)
+        state, stats = steps.train(
+            state, jax.device_put(batch, steps.batch_sharding), keys, member=member
+        )
         losses.append(stats["loss"])
         accuracies.append(stats["accuracy"])
         bar.update()
@@ -115,7 +123,7 @@ def _train_epoch(steps, state, train, *, config, epoch, keys, num_steps):
             bar.set_postfix(
                 loss=f"{float(jnp.mean(stats['loss'])):.4f}",
                 accuracy=f"{float(jnp.mean(stats['accuracy'])):.3f}",
-                examples_per_s=f"{(step + 1) * config.batch_size * num_seeds / seconds:.0f}",
+                examples_per_s=f"{(step + 1) * config.batch_size * population.size / seconds:.0f}",
             )
     bar.close()
     return state, np.stack(jax.device_get(losses)), np.stack(jax.device_get(accuracies))
@@ -132,7 +140,7 @@ def _check_finite(losses: np.ndarray, *, epoch: int, num_steps: int, checkpoints
         )
         raise FloatingPointError(
             f"The training loss became {losses[step, seed]} at step {epoch * num_steps + step} "
-            f"(epoch {epoch}, seed index {seed}); training stopped. {kept} Lower the learning "
+            f"(epoch {epoch}, model index {seed}); training stopped. {kept} Lower the learning "
             "rate or check the loss hyperparameters."
         )
 
@@ -187,7 +195,11 @@ def _update_best(best: dict, record: dict, test_logits: np.ndarray, selection: s
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains ``config.num_seeds`` models and evaluates them on validation and test every epoch.
+    """Trains a population of models and evaluates them on validation and test every epoch.
+
+    The population (:func:`jaxloss.training.train.make_population`) is ``config.num_seeds`` seeds
+    of each configuration of ``config.population`` (learning rates and continuous loss
+    hyperparameters; one configuration when it is absent), trained in one compiled step.
 
     The best epoch of each model is chosen on the validation split (``config.selection_metric``,
     default accuracy; lowest for ``ece`` and ``nll``, highest otherwise), never on test. The run writes ``config.json``, ``metrics.jsonl``
@@ -236,7 +248,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         steps_per_epoch=num_steps,
         mesh=mesh,
     )
-    keys = seed_keys(config.seed, config.num_seeds)
+    population = make_population(config)
+    keys = population.keys()
     state = steps.init(jax.vmap(lambda key: jax.random.fold_in(key, 0))(keys))
     train_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
     k = config.get("top_k", 5)
@@ -254,7 +267,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f"selection_metric {selection!r} is not a metric; choose one of "
             f"{', '.join(n for n in metric_names if n != 'per_class_recall')}."
         )
-    best = _empty_best(config.num_seeds, splits, metric_names)
+    best = _empty_best(population.size, splits, metric_names)
     history: list[dict] = []
 
     checkpointer = (
@@ -280,6 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 config=config,
                 epoch=epoch,
                 keys=train_keys,
+                population=population,
                 num_steps=num_steps,
             )
             _check_finite(
@@ -306,12 +320,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             logger.write(record)
             logging.info(
                 "epoch %d: train loss %.4f, validation accuracy %.4f, test accuracy %.4f "
-                "(means over %d seeds)",
+                "(means over %d models)",
                 epoch,
                 record["train/loss"].mean(),
                 record["validation/accuracy"].mean(),
                 record["test/accuracy"].mean(),
-                config.num_seeds,
+                population.size,
             )
             last = epoch == config.num_epochs - 1
             if checkpointer is not None and (

@@ -27,12 +27,13 @@ from jaxloss.losses import _softmax, get_loss, loss_spec
 from jaxloss.training.models import build_model
 
 __all__ = [
+    "Population",
     "StepFunctions",
     "compute_metrics",
     "make_mesh",
     "make_optimizer",
+    "make_population",
     "make_steps",
-    "seed_keys",
     "seed_metrics",
 ]
 
@@ -45,24 +46,39 @@ def make_mesh(devices: Any = None) -> Mesh:
     return Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
 
 
-def _learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int, num_epochs: int):
-    """An optax schedule of the global step, from an epoch-based description."""
-    lr = config.learning_rate
+def _learning_rate(
+    config: ml_collections.ConfigDict, steps_per_epoch: int, num_epochs: int, learning_rate: Any
+):
+    """An optax schedule of the global step, from an epoch-based description.
+
+    ``learning_rate`` may be a traced scalar (one value per member of a population): every
+    schedule here is written in ``jax.numpy`` of it, so member i equals a run configured with it.
+    """
+    lr = learning_rate
     name = config.get("schedule", "constant")
     total = steps_per_epoch * num_epochs
+    final = config.get("final_learning_rate", 0.0)
     if name == "constant":
-        return optax.constant_schedule(lr)
+        return lambda step: lr * jnp.ones_like(step, jnp.float32)
     if name == "step":
         # Like torch's MultiStepLR: the factor applies from the start of each boundary epoch.
-        return optax.piecewise_constant_schedule(
-            lr, {int(b) * steps_per_epoch: config.decay_factor for b in config.boundaries}
+        return lambda step: (
+            lr
+            * optax.piecewise_constant_schedule(
+                1.0, {int(b) * steps_per_epoch: config.decay_factor for b in config.boundaries}
+            )(step)
         )
     if name == "cosine":
-        return optax.cosine_decay_schedule(lr, total, alpha=config.final_learning_rate / lr)
+        # optax.cosine_decay_schedule(lr, total, alpha=final / lr), written for a traced lr.
+        def cosine(step):
+            progress = jnp.minimum(step, total) / total
+            return final + (lr - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+        return cosine
     if name == "exponential":
         # Geometric per epoch, reaching final_learning_rate in the last epoch (EXACT's recipe).
-        rate = (config.final_learning_rate / lr) ** (1.0 / max(num_epochs - 1, 1))
-        return optax.exponential_decay(lr, steps_per_epoch, rate, staircase=True)
+        rate = (final / lr) ** (1.0 / max(num_epochs - 1, 1))
+        return lambda step: lr * rate ** (step // steps_per_epoch)
     raise ValueError(f"Unknown schedule {name!r}. Available schedules: {', '.join(SCHEDULES)}.")
 
 
@@ -72,7 +88,11 @@ def _is_kernel(params: Any) -> Any:
 
 
 def make_optimizer(
-    config: ml_collections.ConfigDict, *, steps_per_epoch: int, num_epochs: int
+    config: ml_collections.ConfigDict,
+    *,
+    steps_per_epoch: int,
+    num_epochs: int,
+    learning_rate: Any = None,
 ) -> optax.GradientTransformation:
     """The optax transformation an ``optimizer`` config describes.
 
@@ -84,11 +104,15 @@ def make_optimizer(
         and ``gradient_normalizer`` (EXACT's running-norm normalizer instead of clipping).
       steps_per_epoch: optimizer steps in one epoch.
       num_epochs: epochs of the run.
+      learning_rate: overrides ``config.learning_rate``; may be traced (a population member's).
 
     Returns:
-      An ``optax.GradientTransformation``.
+      An ``optax.GradientTransformation``; its state's structure does not depend on the learning
+      rate, so members with different rates share one state layout.
     """
-    schedule = _learning_rate(config, steps_per_epoch, num_epochs)
+    if learning_rate is None:
+        learning_rate = config.learning_rate
+    schedule = _learning_rate(config, steps_per_epoch, num_epochs, learning_rate)
     chain = []
     if config.get("gradient_normalizer", False):
         from jaxloss import optim
@@ -116,9 +140,63 @@ def make_optimizer(
     return optax.chain(*chain)
 
 
-def seed_keys(seed: int, num_seeds: int) -> jax.Array:
-    """One key per model: ``key(seed + i)``, so model i of a run equals a run with seed + i."""
-    return jax.vmap(jax.random.key)(jnp.arange(seed, seed + num_seeds))
+@dataclasses.dataclass(frozen=True)
+class Population:
+    """The models one run trains together: member ``m = p * num_seeds + s`` has seed ``seed + s``
+    and the p-th value of every field of ``config.population``.
+
+    Attributes:
+      seeds: (M,) each member's seed (its initialization, data order and loss noise).
+      values: name -> (M,) float32, each member's learning rate and loss hyperparameters.
+    """
+
+    seeds: np.ndarray
+    values: dict[str, np.ndarray]
+
+    @property
+    def size(self) -> int:
+        return len(self.seeds)
+
+    def keys(self) -> jax.Array:
+        """One key per member, ``key(seed)``: member m equals a run with its seed and values."""
+        return jax.vmap(jax.random.key)(jnp.asarray(self.seeds))
+
+
+def make_population(config: ml_collections.ConfigDict) -> Population:
+    """The members of a run: ``config.num_seeds`` seeds for each configuration.
+
+    ``config.population`` (optional) maps ``learning_rate`` or a continuous hyperparameter of the
+    loss (``jaxloss.loss_spec(name).ranges``) to a tuple of values, one per configuration; every
+    tuple has the same length P, and the run trains P x num_seeds models in one compiled step.
+
+    Raises:
+      ValueError: a field that cannot vary within one compiled step (a structural hyperparameter
+        such as k, or the scale of a cosine head), or tuples of different lengths.
+    """
+    population = {k: tuple(np.ravel(v)) for k, v in config.get("population", {}).items()}
+    spec = loss_spec(config.loss.name)
+    allowed = {"learning_rate", *spec.ranges} - {spec.logit_scale}
+    unknown = sorted(set(population) - allowed)
+    if unknown:
+        raise ValueError(
+            f"config.population.{unknown[0]}: only the learning rate and the continuous "
+            f"hyperparameters of {spec.name!r} can vary within a run ({', '.join(sorted(allowed))})."
+        )
+    sizes = {name: len(values) for name, values in population.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"config.population fields need one value per configuration, got {sizes}.")
+    num_configurations = next(iter(sizes.values()), 1)
+    if num_configurations < 1 or config.num_seeds < 1:
+        raise ValueError(
+            f"A run needs at least one model: num_seeds={config.num_seeds}, "
+            f"{num_configurations} configurations."
+        )
+    seeds = np.tile(np.arange(config.seed, config.seed + config.num_seeds), num_configurations)
+    values = {
+        name: np.repeat(np.asarray(v, np.float32), config.num_seeds)
+        for name, v in population.items()
+    }
+    return Population(seeds, values)
 
 
 def compute_metrics(
@@ -187,10 +265,11 @@ class StepFunctions:
     """The compiled functions of one run.
 
     Attributes:
-      init: ``init(keys) -> state``; keys (S,) from :func:`seed_keys`; the state's leaves have a
+      init: ``init(keys) -> state``; keys (S,) from :meth:`Population.keys`; the state's leaves have a
         leading seed axis and are replicated over the mesh.
-      train: ``train(state, batch, keys) -> (state, stats)``; batch arrays (S, B, ...) sharded on B;
-        stats: ``loss`` and ``accuracy`` of shape (S,). The input state is donated.
+      train: ``train(state, batch, keys, member={}) -> (state, stats)``; batch arrays (S, B, ...)
+        sharded on B; ``member``: :attr:`Population.values`, each (S,); stats: ``loss`` and
+        ``accuracy`` of shape (S,). The input state is donated.
       evaluate: ``evaluate(state, features) -> logits`` (S, B, C) for one shared batch (B, ...).
       batch_sharding: placement of a training batch (S, B, ...).
       eval_sharding: placement of an evaluation batch (B, ...).
@@ -262,7 +341,7 @@ def make_steps(
         _, params, rest = nnx.split(model, nnx.Param, ...)
         return {"params": params, "rest": rest, "opt": tx.init(params), "step": jnp.int32(0)}
 
-    def train_one(state, batch, key):
+    def train_one(state, batch, key, member):
         step = state["step"]
         key = jax.random.fold_in(key, step)
         augment_key, loss_key = jax.random.split(key)
@@ -270,8 +349,19 @@ def make_steps(
         if augment:
             crop_key, flip_key = jax.random.split(augment_key)
             features = data.random_flip(flip_key, data.random_crop(crop_key, features, padding=4))
+        member = dict(member)
+        member_tx = tx
+        if "learning_rate" in member:
+            member_tx = make_optimizer(
+                config.optimizer,
+                steps_per_epoch=steps_per_epoch,
+                num_epochs=num_epochs,
+                learning_rate=member.pop("learning_rate"),
+            )
         loss_fn = get_loss(
-            spec.name, class_counts=class_counts, **{**loss_hyperparameters, **scheduled(step)}
+            spec.name,
+            class_counts=class_counts,
+            **{**loss_hyperparameters, **member, **scheduled(step)},
         )
 
         def objective(params):
@@ -282,7 +372,7 @@ def make_steps(
             return loss, (rest, logits)
 
         (loss, (rest, logits)), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt"], state["params"])
+        updates, opt_state = member_tx.update(grads, state["opt"], state["params"])
         new_state = {
             "params": optax.apply_updates(state["params"], updates),
             "rest": rest,
@@ -302,10 +392,13 @@ def make_steps(
         # cached for the next run in the process (a comparison), instead of one new large
         # program per run whose random-number code takes seconds to compile.
         init=lambda keys: jax.device_put(jax.vmap(init_one)(keys), replicated),
-        train=jax.jit(
-            jax.vmap(train_one),
-            donate_argnums=0,
-            out_shardings=(replicated, replicated),
+        train=functools.partial(
+            jax.jit(
+                jax.vmap(train_one),
+                donate_argnums=0,
+                out_shardings=(replicated, replicated),
+            ),
+            member={},
         ),
         evaluate=jax.jit(jax.vmap(evaluate_one, in_axes=(0, None)), out_shardings=replicated),
         batch_sharding=NamedSharding(mesh, P(None, "data")),

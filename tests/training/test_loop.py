@@ -105,6 +105,62 @@ def test_seeds_in_one_vmapped_step_equal_separate_runs(reference, tmp_path):
                 )
 
 
+def test_population_members_equal_separate_runs_with_their_values(tmp_path):
+    population = {"learning_rate": (0.03, 0.3), "alpha": (0.05, 0.4)}
+    config = tiny_config("label_relaxation", num_epochs=2, checkpoint_every_epochs=0)
+    config.population = population
+    together = train_and_evaluate(config, str(tmp_path / "population"))
+    assert together["best"]["epoch"].shape == (2,)
+    for member in range(2):
+        alone_config = tiny_config("label_relaxation", num_epochs=2, checkpoint_every_epochs=0)
+        alone_config.optimizer.learning_rate = population["learning_rate"][member]
+        alone_config.loss.hyperparameters.alpha = population["alpha"][member]
+        alone = train_and_evaluate(alone_config, str(tmp_path / str(member)))
+        for got, want in zip(alone["history"], together["history"], strict=True):
+            for key in got:
+                want_value = want[key] if key == "epoch" else np.asarray(want[key])[member]
+                np.testing.assert_allclose(
+                    np.asarray(got[key])[0] if key != "epoch" else got[key],
+                    want_value,
+                    rtol=1e-4,
+                    atol=1e-5,
+                    err_msg=f"member {member}: {key}",
+                )
+
+
+def test_population_fields_that_cannot_vary_in_one_step_are_refused(tmp_path):
+    config = tiny_config("smooth_topk_svm")
+    config.population = {"k": (1, 2)}
+    with pytest.raises(ValueError, match=r"config.population.k: only the learning rate and"):
+        train_and_evaluate(config, str(tmp_path / "a"))
+    config = tiny_config("label_relaxation")
+    config.population = {"learning_rate": (0.1, 0.2), "alpha": (0.1,)}
+    with pytest.raises(ValueError, match="one value per configuration"):
+        train_and_evaluate(config, str(tmp_path / "b"))
+
+
+def test_schedules_of_a_traced_learning_rate_equal_optax_schedules():
+    import ml_collections
+    import optax
+
+    from jaxloss.training.train import _learning_rate
+
+    config = ml_collections.ConfigDict({"final_learning_rate": 1e-3, "decay_factor": 0.1})
+    steps = np.arange(0, 60)
+    cases = {
+        "cosine": optax.cosine_decay_schedule(0.2, 50, alpha=1e-3 / 0.2),
+        "exponential": optax.exponential_decay(0.2, 10, (1e-3 / 0.2) ** 0.25, staircase=True),
+        "step": optax.piecewise_constant_schedule(0.2, {20: 0.1, 40: 0.1}),
+        "constant": optax.constant_schedule(0.2),
+    }
+    config.boundaries = (2, 4)
+    for name, want in cases.items():
+        config.schedule = name
+        traced = jax.jit(lambda lr, step: _learning_rate(config, 10, 5, lr)(step))
+        got = [float(traced(np.float32(0.2), step)) for step in steps]
+        np.testing.assert_allclose(got, [float(want(step)) for step in steps], rtol=1e-5)
+
+
 def test_four_devices_give_the_metrics_of_one(reference):
     assert jax.device_count() == 1
     _, one_device = reference

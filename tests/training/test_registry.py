@@ -25,7 +25,8 @@ def _initialized_steps(config, *, steps_per_epoch, num_seeds):
         steps_per_epoch=steps_per_epoch,
         mesh=train_lib.make_mesh(),
     )
-    keys = train_lib.seed_keys(0, num_seeds)
+    config.num_seeds = num_seeds
+    keys = train_lib.make_population(config).keys()
     return steps, keys, steps.init(keys)
 
 
