@@ -14,7 +14,7 @@ def confidence_penalty_loss(
     labels: jax.Array,
     *,
     beta: float,
-    axis: int = -1,
+    axis: int | tuple[int, ...] = -1,
     where: jax.Array | None = None,
 ) -> jax.Array:
     r"""Cross-entropy minus a bonus for the entropy of the prediction.
@@ -32,8 +32,11 @@ def confidence_penalty_loss(
       logits: unnormalized scores, shape ``(..., num_classes)`` (classes along ``axis``).
       labels: integer labels in ``[0, num_classes)``, shape ``(...)``.
       beta: weight of the entropy bonus, ``>= 0``; 0 gives the cross-entropy.
-      axis: the class axis of ``logits``.
-      where: optional boolean class mask broadcastable to ``logits``; False excludes a class.
+      axis: the class axis of ``logits``, or a tuple of axes whose flattened product is the
+        class axis (as in optax).
+      where: optional boolean mask, broadcastable to ``logits`` (False excludes a class) or of the
+        labels' shape (False excludes an example, whose loss is 0). An excluded class leaves the
+        softmax; the label's logit enters as it is even when its class is excluded, as in optax.
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.
@@ -51,15 +54,14 @@ def confidence_penalty_loss(
     """
     _validation.check_in_range("beta", beta, lower=0.0)
     inputs = _validation.prepare(logits, labels, axis=axis, where=where)
-    parts = _softmax.softmax_parts(inputs.logits, inputs.where)
+    parts = _softmax.softmax_parts(inputs.logits, inputs.labels, inputs.where)
     log_total = jnp.log(parts.total)
-    # H(p) = log Σ e^z - Σ p_k z_k. Masked classes have p = 0 and z = -inf: zero their logit rather
-    # than the product, so that neither the value nor the gradient forms 0 * inf.
-    shifted = parts.shifted
-    if inputs.where is not None:
-        shifted = jnp.where(inputs.where, shifted, 0.0)
+    # H(p) = log Σ e^z - Σ p_k z_k. Classes with p = 0 (masked, -inf or underflowed) add nothing:
+    # zero their logit rather than the product, so that neither the value nor the gradient forms
+    # 0 * inf.
+    shifted = jnp.where(parts.exp > 0, parts.shifted, 0.0)
     entropy = log_total - jnp.sum(parts.exp * shifted, axis=-1) / parts.total
-    ce = log_total - _softmax.label_value(parts.shifted, inputs.labels)
+    ce = log_total - parts.label
     return (ce - beta * entropy).astype(inputs.out_dtype)
 
 
@@ -68,28 +70,33 @@ def softmax_focal_loss(
     labels: jax.Array,
     *,
     gamma: float = 2.0,
-    alpha: jax.Array | None = None,
-    axis: int = -1,
+    class_weights: jax.Array | None = None,
+    axis: int | tuple[int, ...] = -1,
     where: jax.Array | None = None,
 ) -> jax.Array:
     r"""Multi-class focal loss, computed in log space.
 
     .. math::
-      \ell(z, y) = -\alpha_y (1 - p_y)^\gamma \log p_y, \qquad p = \mathrm{softmax}(z).
+      \ell(z, y) = -w_y (1 - p_y)^\gamma \log p_y, \qquad p = \mathrm{softmax}(z).
 
     :math:`1 - p_y` is the sum of the other classes' probabilities (not a difference that
     cancels), and :math:`(1 - p_y)^\gamma` is :math:`\exp(\gamma \log(1 - p_y))`, so well-classified
     examples keep an accurate, finite gradient (no probability clipping as in the seed, which clips
-    at 1e-7). With
-    ``gamma=0`` and no ``alpha`` it is the cross-entropy.
+    at 1e-7). With ``gamma=0`` and no ``class_weights`` it is the cross-entropy. The per-class
+    weights :math:`w` are the :math:`\alpha_t` of Lin et al. (optax's ``sigmoid_focal_loss`` has a
+    scalar ``alpha`` instead, hence the different name); by default every :math:`w_y = 1`.
 
     Args:
       logits: unnormalized scores, shape ``(..., num_classes)`` (classes along ``axis``).
       labels: integer labels in ``[0, num_classes)``, shape ``(...)``.
       gamma: focusing parameter, ``>= 0``.
-      alpha: optional per-class weights, shape ``(num_classes,)``, each ``>= 0``.
-      axis: the class axis of ``logits``.
-      where: optional boolean class mask broadcastable to ``logits``; False excludes a class.
+      class_weights: optional weight of each true class, shape ``(num_classes,)``, each finite and
+        ``>= 0``.
+      axis: the class axis of ``logits``, or a tuple of axes whose flattened product is the
+        class axis (as in optax).
+      where: optional boolean mask, broadcastable to ``logits`` (False excludes a class) or of the
+        labels' shape (False excludes an example, whose loss is 0). An excluded class leaves the
+        softmax; the label's logit enters as it is even when its class is excluded, as in optax.
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.
@@ -107,17 +114,18 @@ def softmax_focal_loss(
     """
     _validation.check_in_range("gamma", gamma, lower=0.0)
     inputs = _validation.prepare(logits, labels, axis=axis, where=where, min_classes=2)
-    parts = _softmax.softmax_parts(inputs.logits, inputs.where)
-    log_p_y = _softmax.label_value(parts.shifted, inputs.labels) - jnp.log(parts.total)
+    parts = _softmax.softmax_parts(inputs.logits, inputs.labels, inputs.where)
+    nll = jnp.log(parts.total) - parts.label
+    # The mass of the other kept classes: all of it when the label's class is masked.
     rest = _softmax.sum_of_others(parts.exp, inputs.labels) / parts.total
     # 1 - p_y underflows to 0 only for logit gaps beyond ~87 (float32), where the loss and its
     # gradient are below 1e-38; the double where keeps log(0) out of the gradient.
     positive = rest > 0
     weight = jnp.where(positive, jnp.exp(gamma * jnp.log(jnp.where(positive, rest, 1.0))), 0.0)
-    loss = -weight * log_p_y
-    if alpha is not None:
+    loss = weight * nll
+    if class_weights is not None:
         weights = _validation.check_class_vector(
-            "alpha", alpha, inputs.num_classes, positive=False
-        ).astype(log_p_y.dtype)
+            "class_weights", class_weights, inputs.num_classes, positive=False
+        ).astype(nll.dtype)
         loss = weights[inputs.labels] * loss
     return loss.astype(inputs.out_dtype)

@@ -15,7 +15,7 @@ def label_relaxation_loss(
     labels: jax.Array,
     *,
     alpha: float = 0.1,
-    axis: int = -1,
+    axis: int | tuple[int, ...] = -1,
     where: jax.Array | None = None,
 ) -> jax.Array:
     r"""Label relaxation loss: KL divergence from the closest distribution of a credal set.
@@ -42,9 +42,11 @@ def label_relaxation_loss(
       logits: unnormalized scores, shape ``(..., num_classes)`` (classes along ``axis``).
       labels: integer labels in ``[0, num_classes)``, shape ``(...)``.
       alpha: imprecision of the target, in ``[0, 1)``.
-      axis: the class axis of ``logits``.
-      where: optional boolean class mask broadcastable to ``logits``; False excludes a class. The
-        labelled class must not be masked.
+      axis: the class axis of ``logits``, or a tuple of axes whose flattened product is the
+        class axis (as in optax).
+      where: optional boolean mask, broadcastable to ``logits`` (False excludes a class) or of the
+        labels' shape (False excludes an example, whose loss is 0). An excluded class leaves the
+        softmax; the label's logit enters as it is even when its class is excluded, as in optax.
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.
@@ -62,14 +64,16 @@ def label_relaxation_loss(
     """
     _validation.check_in_range("alpha", alpha, lower=0.0, upper=1.0, upper_open=True)
     inputs = _validation.prepare(logits, labels, axis=axis, where=where, min_classes=2)
-    parts = _softmax.softmax_parts(inputs.logits, inputs.where)
+    parts = _softmax.softmax_parts(inputs.logits, inputs.labels, inputs.where)
     log_total = jnp.log(parts.total)
-    log_p_y = _softmax.label_value(parts.shifted, inputs.labels) - log_total
+    log_p_y = parts.label - log_total
     alpha = jnp.asarray(alpha, log_total.dtype)
-    inside = log_p_y >= jnp.log1p(-alpha)
-    # Outside the set 1 - p_y > alpha, so the sum of the other classes cannot underflow there;
-    # inside, where it may, log(1) keeps the branch that is not taken finite.
+    # 1 - p_y is the mass of the other kept classes: all of it when the label's class is masked,
+    # which keeps that row outside the set and its value the cross-entropy's for alpha = 0.
     rest = _softmax.sum_of_others(parts.exp, inputs.labels)
+    inside = rest <= alpha * parts.total
+    # Inside the set the sum of the other classes may underflow to 0: log(1) keeps the branch that
+    # is not taken finite.
     log_rest = jnp.log(jnp.where(inside, parts.total, rest)) - log_total
     # xlogy keeps alpha = 0 at exactly 0 instead of 0 * log(0) = NaN.
     outside = (

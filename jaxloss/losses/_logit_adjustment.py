@@ -9,18 +9,20 @@ from jaxloss import _validation
 from jaxloss.losses import _softmax
 
 
-def _log_prior(name: str, values, num_classes: int, dtype) -> jax.Array:
+def _log_prior(values, num_classes: int, dtype) -> jax.Array:
+    """log π from positive class counts or priors: normalized, so that the scale never matters."""
     # Counts are logged in float32 or wider: fp16/bf16 would round them first (2775 -> 2776).
-    return jnp.log(_validation.check_class_vector(name, values, num_classes).astype(dtype))
+    counts = _validation.check_class_vector("class_counts", values, num_classes).astype(dtype)
+    return jnp.log(counts) - jnp.log(jnp.sum(counts))
 
 
-def _adjusted_cross_entropy(logits, labels, *, name, prior, tau, axis, where):
+def _adjusted_cross_entropy(logits, labels, *, class_counts, tau, axis, where):
     _validation.check_in_range("tau", tau, lower=0.0)
     inputs = _validation.prepare(logits, labels, axis=axis, where=where)
-    shift = tau * _log_prior(name, prior, inputs.num_classes, inputs.logits.dtype)
-    # The prior joins after the max shift: z + log n at |z| = 1e4 would round log n to an ulp.
-    adjusted = _softmax.shifted_logits(inputs.logits, inputs.where) + shift
-    ce = jax.nn.logsumexp(adjusted, axis=-1) - _softmax.label_value(adjusted, inputs.labels)
+    shift = tau * _log_prior(class_counts, inputs.num_classes, inputs.logits.dtype)
+    # The prior joins after a max shift: z + log n at |z| = 1e4 would round log n to an ulp.
+    centred = inputs.logits - _softmax.row_max(inputs.logits, inputs.where)
+    ce = _softmax.cross_entropy(centred + shift, inputs.labels, where=inputs.where)
     return ce.astype(inputs.out_dtype)
 
 
@@ -29,7 +31,7 @@ def balanced_softmax_loss(
     labels: jax.Array,
     *,
     class_counts: jax.Array,
-    axis: int = -1,
+    axis: int | tuple[int, ...] = -1,
     where: jax.Array | None = None,
 ) -> jax.Array:
     r"""Balanced Softmax: cross-entropy on logits shifted by the log training class counts.
@@ -48,8 +50,11 @@ def balanced_softmax_loss(
       labels: integer labels in ``[0, num_classes)``, shape ``(...)``.
       class_counts: training examples per class in label order, shape ``(num_classes,)``; every
         count must be positive (a zero count would give an infinite loss).
-      axis: the class axis of ``logits``.
-      where: optional boolean class mask broadcastable to ``logits``; False excludes a class.
+      axis: the class axis of ``logits``, or a tuple of axes whose flattened product is the
+        class axis (as in optax).
+      where: optional boolean mask, broadcastable to ``logits`` (False excludes a class) or of the
+        labels' shape (False excludes an example, whose loss is 0). An excluded class leaves the
+        softmax; the label's logit enters as it is even when its class is excluded, as in optax.
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.
@@ -68,7 +73,7 @@ def balanced_softmax_loss(
       <https://arxiv.org/abs/2007.10740>`_, NeurIPS 2020.
     """
     return _adjusted_cross_entropy(
-        logits, labels, name="class_counts", prior=class_counts, tau=1.0, axis=axis, where=where
+        logits, labels, class_counts=class_counts, tau=1.0, axis=axis, where=where
     )
 
 
@@ -76,26 +81,31 @@ def logit_adjusted_loss(
     logits: jax.Array,
     labels: jax.Array,
     *,
-    class_priors: jax.Array,
+    class_counts: jax.Array,
     tau: float = 1.0,
-    axis: int = -1,
+    axis: int | tuple[int, ...] = -1,
     where: jax.Array | None = None,
 ) -> jax.Array:
     r"""Logit-adjusted cross-entropy: the training-time form of logit adjustment.
 
     .. math::
-      \ell(z, y) = \mathrm{CE}(z + \tau \log \pi, y).
+      \ell(z, y) = \mathrm{CE}(z + \tau \log \pi, y), \qquad \pi_k = n_k / \textstyle\sum_j n_j.
 
-    :math:`\pi` are the training class priors (or counts: the loss is invariant to rescaling
-    them). ``tau=1`` is :func:`balanced_softmax_loss`; ``tau=0`` is the cross-entropy.
+    :math:`\pi` are the training class priors, from the class counts :math:`n` (passing the priors
+    themselves gives the same result: only the ratios matter). ``tau=1`` is
+    :func:`balanced_softmax_loss`; ``tau=0`` is the cross-entropy.
 
     Args:
       logits: unnormalized scores, shape ``(..., num_classes)`` (classes along ``axis``).
       labels: integer labels in ``[0, num_classes)``, shape ``(...)``.
-      class_priors: positive class priors or counts, shape ``(num_classes,)``.
+      class_counts: training examples per class, or the class priors (any positive vector: it
+        is normalized), shape ``(num_classes,)``.
       tau: strength of the adjustment, ``>= 0``.
-      axis: the class axis of ``logits``.
-      where: optional boolean class mask broadcastable to ``logits``; False excludes a class.
+      axis: the class axis of ``logits``, or a tuple of axes whose flattened product is the
+        class axis (as in optax).
+      where: optional boolean mask, broadcastable to ``logits`` (False excludes a class) or of the
+        labels' shape (False excludes an example, whose loss is 0). An excluded class leaves the
+        softmax; the label's logit enters as it is even when its class is excluded, as in optax.
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.
@@ -103,8 +113,8 @@ def logit_adjusted_loss(
     Example:
       >>> import jax.numpy as jnp
       >>> import jaxloss
-      >>> priors = jnp.array([0.5, 0.25, 0.25])
-      >>> loss = jaxloss.logit_adjusted_loss(jnp.zeros((1, 3)), jnp.array([1]), class_priors=priors)
+      >>> counts = jnp.array([200, 100, 100])
+      >>> loss = jaxloss.logit_adjusted_loss(jnp.zeros((1, 3)), jnp.array([1]), class_counts=counts)
       >>> print(loss.tolist())
       [1.3863]
 
@@ -113,17 +123,17 @@ def logit_adjusted_loss(
       <https://arxiv.org/abs/2007.07314>`_, ICLR 2021.
     """
     return _adjusted_cross_entropy(
-        logits, labels, name="class_priors", prior=class_priors, tau=tau, axis=axis, where=where
+        logits, labels, class_counts=class_counts, tau=tau, axis=axis, where=where
     )
 
 
 def logit_adjust(
-    logits: jax.Array, *, class_priors: jax.Array, tau: float = 1.0, axis: int = -1
+    logits: jax.Array, *, class_counts: jax.Array, tau: float = 1.0, axis: int = -1
 ) -> jax.Array:
     r"""Post-hoc logit adjustment: subtract the scaled log prior from a trained model's logits.
 
     .. math::
-      \tilde z = z - \tau \log \pi.
+      \tilde z = z - \tau \log \pi, \qquad \pi_k = n_k / \textstyle\sum_j n_j.
 
     Use it on a model trained with plain cross-entropy to predict the class-balanced argmax. Do not
     apply it to a model trained with :func:`balanced_softmax_loss` or :func:`logit_adjusted_loss`:
@@ -131,9 +141,10 @@ def logit_adjust(
 
     Args:
       logits: unnormalized scores, shape ``(..., num_classes)`` (classes along ``axis``).
-      class_priors: positive class priors or counts, shape ``(num_classes,)``.
+      class_counts: training examples per class, or the class priors (any positive vector: it
+        is normalized, so both give the same result), shape ``(num_classes,)``.
       tau: strength of the adjustment, ``>= 0``.
-      axis: the class axis of ``logits``.
+      axis: the class axis of ``logits`` (one axis: the output keeps the logits' layout).
 
     Returns:
       The adjusted logits, same shape and dtype as ``logits``.
@@ -141,7 +152,7 @@ def logit_adjust(
     Example:
       >>> import jax.numpy as jnp
       >>> import jaxloss
-      >>> adjusted = jaxloss.logit_adjust(jnp.zeros(3), class_priors=jnp.array([0.5, 0.25, 0.25]))
+      >>> adjusted = jaxloss.logit_adjust(jnp.zeros(3), class_counts=jnp.array([200, 100, 100]))
       >>> print(adjusted.tolist())
       [0.6931, 1.3863, 1.3863]
 
@@ -150,6 +161,6 @@ def logit_adjust(
       <https://arxiv.org/abs/2007.07314>`_, ICLR 2021.
     """
     _validation.check_in_range("tau", tau, lower=0.0)
-    inputs = _validation.prepare(logits, axis=axis)
-    shift = tau * _log_prior("class_priors", class_priors, inputs.num_classes, inputs.logits.dtype)
+    inputs = _validation.prepare(logits, axis=axis, tuple_axis=False)
+    shift = tau * _log_prior(class_counts, inputs.num_classes, inputs.logits.dtype)
     return jnp.moveaxis(inputs.logits - shift, -1, axis).astype(inputs.out_dtype)

@@ -13,6 +13,8 @@ import pytest
 from scipy.special import logsumexp
 
 import jaxloss
+from jaxloss import _validation
+from jaxloss.losses import _softmax
 from tests import testing
 
 NUM_CLASSES = 5
@@ -52,10 +54,10 @@ def ref_confidence_penalty(z, y, beta):
     return -_pick(log_p, y) - beta * entropy
 
 
-def ref_focal(z, y, gamma, alpha=None):
+def ref_focal(z, y, gamma, class_weights=None):
     log_p = _log_probs(z)
     p_y = np.exp(_pick(log_p, y))
-    weight = 1.0 if alpha is None else np.asarray(alpha)[y]
+    weight = 1.0 if class_weights is None else np.asarray(class_weights)[y]
     return -weight * (1 - p_y) ** gamma * np.log(p_y)
 
 
@@ -83,15 +85,15 @@ CASES = {
         functools.partial(ref_focal, gamma=1.5),
     ),
     "softmax_focal_weighted": (
-        functools.partial(jaxloss.softmax_focal_loss, gamma=2.0, alpha=COUNTS / 10),
-        functools.partial(ref_focal, gamma=2.0, alpha=COUNTS / 10),
+        functools.partial(jaxloss.softmax_focal_loss, gamma=2.0, class_weights=COUNTS / 10),
+        functools.partial(ref_focal, gamma=2.0, class_weights=COUNTS / 10),
     ),
     "balanced_softmax": (
         functools.partial(jaxloss.balanced_softmax_loss, class_counts=COUNTS),
         functools.partial(ref_balanced_softmax, counts=COUNTS),
     ),
     "logit_adjusted": (
-        functools.partial(jaxloss.logit_adjusted_loss, class_priors=COUNTS / COUNTS.sum(), tau=0.5),
+        functools.partial(jaxloss.logit_adjusted_loss, class_counts=COUNTS, tau=0.5),
         functools.partial(ref_logit_adjusted, priors=COUNTS / COUNTS.sum(), tau=0.5),
     ),
 }
@@ -160,7 +162,7 @@ def test_label_relaxation_is_zero_with_zero_gradient_inside_the_credal_set():
         lambda z, y: jaxloss.softmax_focal_loss(z, y, gamma=0.0),
         lambda z, y: jaxloss.confidence_penalty_loss(z, y, beta=0.0),
         lambda z, y: jaxloss.balanced_softmax_loss(z, y, class_counts=np.full(NUM_CLASSES, 7.0)),
-        lambda z, y: jaxloss.logit_adjusted_loss(z, y, class_priors=COUNTS, tau=0.0),
+        lambda z, y: jaxloss.logit_adjusted_loss(z, y, class_counts=COUNTS, tau=0.0),
     ],
     ids=["lr_alpha0", "focal_gamma0", "cp_beta0", "bs_uniform", "la_tau0"],
 )
@@ -200,12 +202,12 @@ def test_balanced_softmax_is_invariant_to_rescaling_counts():
 def test_logit_adjust_moves_predictions_to_rare_classes():
     priors = COUNTS / COUNTS.sum()
     z = jnp.zeros((NUM_CLASSES,))
-    adjusted = jaxloss.logit_adjust(z, class_priors=priors)
+    adjusted = jaxloss.logit_adjust(z, class_counts=COUNTS)
     np.testing.assert_allclose(adjusted, -np.log(priors), rtol=1e-6)
     assert int(jnp.argmax(adjusted)) == NUM_CLASSES - 1
     z2 = jnp.asarray(testing.random_logits(7, (NUM_CLASSES, 3), dtype=np.float32))
     chex.assert_trees_all_close(
-        jaxloss.logit_adjust(z2, class_priors=priors, tau=0.5, axis=0),
+        jaxloss.logit_adjust(z2, class_counts=priors, tau=0.5, axis=0),
         z2 - 0.5 * jnp.log(priors)[:, None],
         rtol=1e-6,
     )
@@ -276,10 +278,10 @@ def test_where_mask_equals_dropping_the_class(name):
             jaxloss.balanced_softmax_loss, class_counts=COUNTS[kept]
         ),
         "logit_adjusted": functools.partial(
-            jaxloss.logit_adjusted_loss, class_priors=COUNTS[kept] / COUNTS.sum(), tau=0.5
+            jaxloss.logit_adjusted_loss, class_counts=COUNTS[kept], tau=0.5
         ),
         "softmax_focal_weighted": functools.partial(
-            jaxloss.softmax_focal_loss, gamma=2.0, alpha=COUNTS[kept] / 10
+            jaxloss.softmax_focal_loss, gamma=2.0, class_weights=COUNTS[kept] / 10
         ),
     }.get(name, fn)
     z = testing.random_logits(10, (6, NUM_CLASSES), dtype=np.float32)
@@ -291,6 +293,134 @@ def test_where_mask_equals_dropping_the_class(name):
     grad = jax.grad(lambda x: fn(x, jnp.asarray(y), where=jnp.asarray(where)).sum())(jnp.asarray(z))
     chex.assert_tree_all_finite(grad)
     np.testing.assert_array_equal(grad[:, -1], 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks and tuple axes: the cross-entropy limits of every loss take optax's values there.
+
+CROSS_ENTROPY_LIMITS = {
+    "shared_cross_entropy": lambda z, y, where=None, axis=-1: _prepared_cross_entropy(
+        z, y, where=where, axis=axis
+    ),
+    "label_relaxation_alpha0": functools.partial(jaxloss.label_relaxation_loss, alpha=0.0),
+    "confidence_penalty_beta0": functools.partial(jaxloss.confidence_penalty_loss, beta=0.0),
+    "softmax_focal_gamma0": functools.partial(jaxloss.softmax_focal_loss, gamma=0.0),
+    "balanced_softmax_equal_counts": lambda z, y, **kwargs: jaxloss.balanced_softmax_loss(
+        z, y, class_counts=np.full(int(np.prod(z.shape)) // y.size, 3.0), **kwargs
+    ),
+}
+
+
+def _prepared_cross_entropy(logits, labels, *, where, axis):
+    inputs = _validation.prepare(logits, labels, axis=axis, where=where)
+    return _softmax.cross_entropy(inputs.logits, inputs.labels, where=inputs.where)
+
+
+def _mask_cases():
+    rng = np.random.default_rng(12)
+    z = (3.0 * rng.standard_normal((6, NUM_CLASSES))).astype(np.float32)
+    y = np.array([0, 1, 2, 3, 4, 0])
+    classes = np.ones((6, NUM_CLASSES), bool)
+    classes[0] = False  # no class left
+    classes[1, 1] = False  # the label's class is masked
+    classes[2, [0, 4]] = False
+    classes[5, 0] = False  # masked label with the largest logit
+    z[5, 0] = 8.0
+    examples = np.array([True, False, True, True, False, True])
+    zt = (3.0 * rng.standard_normal((4, 2, 3))).astype(np.float32)
+    yt = np.array([0, 5, 3, 1])
+    classes_t = rng.random((4, 2, 3)) > 0.4
+    classes_t[0] = False
+    return {
+        "class_mask": (z, y, classes, -1),
+        "example_mask": (z, y, examples, -1),
+        "tuple_axis": (zt, yt, None, (1, 2)),
+        "tuple_axis_class_mask": (zt, yt, classes_t, (1, 2)),
+        "tuple_axis_example_mask": (zt, yt, examples[:4], (1, 2)),
+    }
+
+
+MASK_CASES = _mask_cases()
+
+
+@pytest.mark.parametrize("case", sorted(MASK_CASES))
+@pytest.mark.parametrize("name", sorted(CROSS_ENTROPY_LIMITS))
+def test_cross_entropy_limits_match_optax_under_masks_and_tuple_axes(name, case):
+    # optax: a masked label's logit enters as it is; a row with no class left is 0.
+    fn = CROSS_ENTROPY_LIMITS[name]
+    z, y, where, axis = MASK_CASES[case]
+    z, y = jnp.asarray(z), jnp.asarray(y)
+    where = None if where is None else jnp.asarray(where)
+
+    def ours(x):
+        return fn(x, y, where=where, axis=axis)
+
+    def theirs(x):
+        return optax.softmax_cross_entropy_with_integer_labels(x, y, axis=axis, where=where)
+
+    chex.assert_trees_all_close(ours(z), theirs(z), rtol=1e-6, atol=1e-6)
+    grad = jax.grad(lambda x: ours(x).sum())(z)
+    chex.assert_trees_all_close(grad, jax.grad(lambda x: theirs(x).sum())(z), atol=1e-6)
+    if where is not None and where.shape == z.shape:
+        # The class axes are last here: flatten them as optax does.
+        grad = np.asarray(grad).reshape(len(y), -1)
+        kept = np.asarray(where).reshape(len(y), -1)
+        others = np.arange(kept.shape[1]) != np.asarray(y)[:, None]
+        # Masked classes other than the label get no gradient; a row with no class left none.
+        np.testing.assert_array_equal(grad[~kept & others], 0.0)
+        np.testing.assert_array_equal(grad[~kept.any(axis=1)], 0.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_masked_label_is_finite_and_no_class_left_is_zero(name):
+    fn, _ = CASES[name]
+    z, y, where, _ = MASK_CASES["class_mask"]
+    loss, grad = jax.value_and_grad(lambda x: fn(x, jnp.asarray(y), where=where).sum())(
+        jnp.asarray(10.0 * z)
+    )
+    chex.assert_tree_all_finite((loss, grad))
+    per_example = fn(jnp.asarray(z), jnp.asarray(y), where=where)
+    assert float(per_example[0]) == 0.0
+    np.testing.assert_array_equal(grad[0], 0.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_plus_inf_logit_gives_the_limit_or_a_non_finite_value(name):
+    fn, _ = CASES[name]
+    z = jnp.asarray(testing.random_logits(13, (3, NUM_CLASSES), dtype=np.float32))
+    y = jnp.array([1, 1, 1])
+    inf_logits = z.at[0, 1].set(jnp.inf).at[1, 3].set(jnp.inf)
+    got = np.asarray(fn(inf_logits, y))
+    # +inf at the label: the limit is 0 (p_y = 1) for every loss here; NaN is accepted.
+    assert got[0] == 0.0 or np.isnan(got[0])
+    # +inf at another class: the limit is +inf (p_y = 0).
+    assert got[1] == np.inf or np.isnan(got[1])
+    np.testing.assert_allclose(got[2], fn(z, y)[2], rtol=1e-6)
+
+
+def test_shared_cross_entropy_is_float64_exact_and_optax_shaped():
+    z = testing.random_logits(14, (5, NUM_CLASSES), scale=4.0)
+    y = testing.random_labels(14, (5,), NUM_CLASSES)
+    testing.assert_matches_oracle(
+        lambda x, t: _softmax.cross_entropy(x, t), ref_cross_entropy, z, y
+    )
+    with jax.enable_x64(True):
+        ce = _softmax.cross_entropy(jnp.asarray(z) + 1e4, jnp.asarray(y))
+    np.testing.assert_allclose(ce, ref_cross_entropy(z, y), rtol=1e-10)
+
+
+def test_logit_adjust_gives_one_result_for_counts_and_priors():
+    z = jnp.asarray(testing.random_logits(15, (4, NUM_CLASSES), dtype=np.float32))
+    chex.assert_trees_all_close(
+        jaxloss.logit_adjust(z, class_counts=COUNTS, tau=1.5),
+        jaxloss.logit_adjust(z, class_counts=COUNTS / COUNTS.sum(), tau=1.5),
+        rtol=1e-6,
+    )
+
+
+def test_logit_adjust_takes_one_class_axis():
+    with pytest.raises(ValueError, match=r"axis=\(0, 1\): this function takes one class axis"):
+        jaxloss.logit_adjust(jnp.zeros((2, 3, 4)), class_counts=np.ones(6), axis=(0, 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -332,21 +462,21 @@ def test_label_shape_mismatch_names_both_shapes(name):
         ),
         (lambda z, y: jaxloss.softmax_focal_loss(z, y, gamma=-2.0), r"gamma must be in"),
         (
-            lambda z, y: jaxloss.softmax_focal_loss(z, y, alpha=-np.ones(NUM_CLASSES)),
-            r"alpha must be in \[0, inf\]",
+            lambda z, y: jaxloss.softmax_focal_loss(z, y, class_weights=-np.ones(NUM_CLASSES)),
+            r"class_weights must be in \[0, inf\]",
         ),
         (
             lambda z, y: jaxloss.balanced_softmax_loss(
                 z, y, class_counts=np.array([1.0, 0, 1, 1, 1])
             ),
-            r"class_counts must be in \(0, inf\], got \[0.0\]",
+            r"class_counts must be in \(0, inf\] and finite, got \[0.0\]",
         ),
         (
             lambda z, y: jaxloss.balanced_softmax_loss(z, y, class_counts=np.ones(4)),
             r"class_counts must have shape \(5,\).*got shape \(4,\)",
         ),
         (
-            lambda z, y: jaxloss.logit_adjusted_loss(z, y, class_priors=np.ones(5), tau=-1.0),
+            lambda z, y: jaxloss.logit_adjusted_loss(z, y, class_counts=np.ones(5), tau=-1.0),
             r"tau must be in",
         ),
         (lambda z, y: jaxloss.label_relaxation_loss(z[:, :1], y), r"at least 2"),
