@@ -7,10 +7,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from jaxloss import _validation
-from jaxloss.losses._softmax import label_value
+from jaxloss import _autodiff, _validation
+from jaxloss.losses._softmax import cross_entropy, label_value
 from jaxloss.ops._noised_topk import noised_topk
 
 __all__ = [
@@ -21,31 +20,47 @@ __all__ = [
 ]
 
 
-def _smoothed_threshold(prepared, k, epsilon, n_samples, key, noise, axis):
-    """The smoothed (k+1)-th largest score, the threshold the true score must clear."""
+def _hinge_parts(prepared, k, epsilon, sample_size, key, noise, axis):
+    """(threshold, true score), both measured from the true score (the label's logit).
+
+    The threshold is the smoothed (k+1)-th largest score, which the true score must clear. The
+    hinges are shift invariant; centring on the true score rather than on the row max keeps the
+    hinge exact in float32 at any offset, and keeps one huge score from costing the others their
+    precision (so the limit at a ``+inf`` logit is exact).
+    """
     _validation.check_integer("k", k, lower=1, upper=prepared.num_classes - 1)
+    true = label_value(prepared.logits, prepared.labels)
+    center = jax.lax.stop_gradient(jnp.where(jnp.isfinite(true), true, 0.0))
     # The op takes the logits in their own layout so that injected noise keeps the caller's axes.
-    logits = jnp.moveaxis(prepared.logits, -1, axis)
+    logits = jnp.moveaxis(prepared.logits - center[..., None], -1, axis)
     where = None if prepared.where is None else jnp.moveaxis(prepared.where, -1, axis)
-    return noised_topk(
+    # The undecorated op, so that a forward-mode error names the loss, not noised_topk.
+    threshold = noised_topk.__wrapped__(
         logits,
         k=k + 1,
         epsilon=epsilon,
-        n_samples=n_samples,
+        sample_size=sample_size,
         key=key,
         noise=noise,
         axis=axis,
         where=where,
     )
+    return threshold, true - center
 
 
+def _hinge(margin, threshold, true):
+    """[margin + threshold - true]_+, 0 (gradient 0) where fewer than k + 1 classes rank."""
+    return jnp.where(threshold == -jnp.inf, 0.0, jax.nn.relu(margin + threshold - true))
+
+
+@_autodiff.reverse_mode_only
 def balanced_noised_topk_loss(
     logits: Any,
     labels: Any,
     *,
     k: int,
     epsilon: float,
-    n_samples: int = 5,
+    sample_size: int = 5,
     key: jax.Array | None = None,
     noise: Any = None,
     axis: int = -1,
@@ -57,26 +72,36 @@ def balanced_noised_topk_loss(
       \ell(s, y) = \left[1 + \hat v_{k+1}(s) - s_y\right]_+,
 
     where :math:`\hat v_{k+1}` is the Monte-Carlo smoothed (k+1)-th largest score of
-    :func:`jaxloss.ops.noised_topk` (``n_samples`` draws of noise of scale ``epsilon``). It is zero
+    :func:`jaxloss.ops.noised_topk` (``sample_size`` draws of noise of scale ``epsilon``). It is zero
     when the true class is in the top k with a margin of 1. The gradient,
     :math:`\mathbb 1[\ell > 0]\,(\hat p - e_y)`, spreads over every class that may be (k+1)-th under
     the noise instead of a single one. ``epsilon = 0`` is the hard top-k hinge
     :math:`[1 + \operatorname{top}_{k+1}(s) - s_y]_+`. The loss is stochastic: pass a fresh ``key``
-    each step.
+    each step. ``epsilon`` may be a traced array (``jax.jit`` argument, ``jax.vmap`` over a
+    population); ``k`` and ``sample_size`` are static.
 
     Args:
       logits: scores, shape ``(..., num_classes)`` (classes along ``axis``).
       labels: integer labels, the logits' shape without the class axis.
       k: the top-k target, ``1 <= k <= num_classes - 1``.
       epsilon: noise scale ``>= 0``, in the units of the scores.
-      n_samples: noise draws per example.
+      sample_size: noise draws per example.
       key: PRNG key; exactly one of ``key`` and ``noise`` unless ``epsilon == 0``.
-      noise: standard-normal draws of shape ``logits.shape + (n_samples,)``.
+      noise: standard-normal draws of shape ``logits.shape + (sample_size,)``.
       axis: the class axis.
-      where: optional boolean class mask broadcastable to ``logits``; False classes never rank.
+      where: optional boolean class mask broadcastable to ``logits``, or of the labels' shape (per
+        example); False classes never rank, nor do ``-inf`` logits. The label's logit counts even
+        when its class is masked. With k or fewer classes left to rank the loss is 0 with
+        gradient 0 (the true class is in the top k whatever its score).
 
     Returns:
-      Per-example losses, shape of ``labels``, in the logits' dtype.
+      Per-example losses, shape of ``labels``, in the logits' dtype: NaN where a logit that takes
+      part is NaN; for a ``+inf`` logit, the limit (0 at the label; at another class, the hinge
+      with that class ranked first).
+
+    Raises:
+      TypeError: under forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``): the gradient
+        is the op's custom VJP, so only reverse mode is available.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -86,7 +111,7 @@ def balanced_noised_topk_loss(
       >>> print(jaxloss.balanced_noised_topk_loss(scores, labels, k=1, epsilon=0.0))
       [0.5 6.5]
       >>> loss = jaxloss.balanced_noised_topk_loss(
-      ...     scores, labels, k=1, epsilon=1.0, n_samples=10_000, key=jax.random.key(0))
+      ...     scores, labels, k=1, epsilon=1.0, sample_size=10_000, key=jax.random.key(0))
       >>> print([f"{u:.2f}" for u in loss])  # smoothed 2nd largest of row 0: E = 1.150
       ['0.14', '6.51']
 
@@ -94,10 +119,11 @@ def balanced_noised_topk_loss(
       Garcin et al., `Stochastic smoothing of the top-K calibrated hinge loss for deep imbalanced
       classification <https://arxiv.org/abs/2202.02193>`_, ICML 2022.
     """
-    prepared = _validation.prepare(logits, labels, axis=axis, where=where, min_classes=2)
-    threshold = _smoothed_threshold(prepared, k, epsilon, n_samples, key, noise, axis)
-    loss = jax.nn.relu(1.0 + threshold - label_value(prepared.logits, prepared.labels))
-    return loss.astype(prepared.out_dtype)
+    prepared = _validation.prepare(
+        logits, labels, axis=axis, where=where, min_classes=2, tuple_axis=False
+    )
+    threshold, true = _hinge_parts(prepared, k, epsilon, sample_size, key, noise, axis)
+    return _hinge(1.0, threshold, true).astype(prepared.out_dtype)
 
 
 def ldam_margins(class_counts: Any, *, max_m: float) -> jax.Array:
@@ -132,6 +158,7 @@ def ldam_margins(class_counts: Any, *, max_m: float) -> jax.Array:
     return max_m * (jnp.min(counts) / counts) ** 0.25
 
 
+@_autodiff.reverse_mode_only
 def imbalanced_noised_topk_loss(
     logits: Any,
     labels: Any,
@@ -141,7 +168,7 @@ def imbalanced_noised_topk_loss(
     epsilon: float,
     max_m: float,
     scale: float = 50.0,
-    n_samples: int = 5,
+    sample_size: int = 5,
     key: jax.Array | None = None,
     noise: Any = None,
     axis: int = -1,
@@ -156,7 +183,8 @@ def imbalanced_noised_topk_loss(
     score :math:`\hat v_{k+1}` of :func:`balanced_noised_topk_loss`. It is designed for cosine
     scores in [-1, 1] (e.g. from :class:`jaxloss.nn.CosineClassifier`): ``epsilon`` and the
     margins live on that scale (the paper uses ``epsilon=0.01``, ``max_m=0.2``, ``scale=60``). For
-    unnormalized logits set ``scale=1``.
+    unnormalized logits set ``scale=1``. ``epsilon``, ``max_m``, ``scale`` and ``class_counts`` may
+    be traced arrays; ``k`` and ``sample_size`` are static.
 
     Args:
       logits: scores, shape ``(..., num_classes)`` (classes along ``axis``).
@@ -166,14 +194,23 @@ def imbalanced_noised_topk_loss(
       epsilon: noise scale ``>= 0``, in the units of the (unscaled) scores.
       max_m: margin of the rarest class, ``>= 0``.
       scale: positive factor on the hinge.
-      n_samples: noise draws per example.
+      sample_size: noise draws per example.
       key: PRNG key; exactly one of ``key`` and ``noise`` unless ``epsilon == 0``.
-      noise: standard-normal draws of shape ``logits.shape + (n_samples,)``.
+      noise: standard-normal draws of shape ``logits.shape + (sample_size,)``.
       axis: the class axis.
-      where: optional boolean class mask broadcastable to ``logits``; False classes never rank.
+      where: optional boolean class mask broadcastable to ``logits``, or of the labels' shape (per
+        example); False classes never rank, nor do ``-inf`` logits. The label's logit counts even
+        when its class is masked. With k or fewer classes left to rank the loss is 0 with
+        gradient 0 (the true class is in the top k whatever its score).
 
     Returns:
-      Per-example losses, shape of ``labels``, in the logits' dtype.
+      Per-example losses, shape of ``labels``, in the logits' dtype: NaN where a logit that takes
+      part is NaN; for a ``+inf`` logit, the limit (0 at the label; at another class, the hinge
+      with that class ranked first).
+
+    Raises:
+      TypeError: under forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``): the gradient
+        is the op's custom VJP, so only reverse mode is available.
 
     Example:
       >>> import jax.numpy as jnp
@@ -188,13 +225,15 @@ def imbalanced_noised_topk_loss(
       Garcin et al., `Stochastic smoothing of the top-K calibrated hinge loss for deep imbalanced
       classification <https://arxiv.org/abs/2202.02193>`_, ICML 2022.
     """
-    prepared = _validation.prepare(logits, labels, axis=axis, where=where, min_classes=2)
+    prepared = _validation.prepare(
+        logits, labels, axis=axis, where=where, min_classes=2, tuple_axis=False
+    )
     _validation.check_class_vector("class_counts", class_counts, prepared.num_classes)
     _validation.check_in_range("scale", scale, lower=0, lower_open=True)
     margins = ldam_margins(class_counts, max_m=max_m).astype(prepared.logits.dtype)
-    threshold = _smoothed_threshold(prepared, k, epsilon, n_samples, key, noise, axis)
-    gap = margins[prepared.labels] + threshold - label_value(prepared.logits, prepared.labels)
-    return (scale * jax.nn.relu(gap)).astype(prepared.out_dtype)
+    threshold, true = _hinge_parts(prepared, k, epsilon, sample_size, key, noise, axis)
+    loss = scale * _hinge(margins[prepared.labels], threshold, true)
+    return loss.astype(prepared.out_dtype)
 
 
 def ldam_loss(
@@ -216,6 +255,8 @@ def ldam_loss(
     with the margins :math:`m_c` of :func:`ldam_margins`: the rarer the true class, the larger the
     margin its score must win by. Meant for cosine scores in [-1, 1] (Cao et al. use ``scale=30``
     with a normalized last layer; the noised top-k paper uses ``max_m=0.2, scale=40``).
+    ``max_m``, ``scale`` and ``class_counts`` may be traced arrays. It has no custom VJP: forward
+    mode and ``jax.hessian`` work.
 
     Args:
       logits: scores, shape ``(..., num_classes)`` (classes along ``axis``).
@@ -224,11 +265,14 @@ def ldam_loss(
       max_m: margin of the rarest class, ``>= 0``.
       scale: positive factor on the scores (the inverse temperature of the softmax).
       axis: the class axis.
-      where: optional boolean class mask broadcastable to ``logits``; False classes are excluded
-        from the softmax.
+      where: optional boolean class mask broadcastable to ``logits``, or of the labels' shape (per
+        example); False classes are excluded from the softmax, as are ``-inf`` logits. As in
+        :func:`optax.softmax_cross_entropy_with_integer_labels`, the label's logit counts even
+        when its class is masked, and a row with no class left gives 0 (here with gradient 0).
 
     Returns:
-      Per-example losses, shape of ``labels``, in the logits' dtype.
+      Per-example losses, shape of ``labels``, in the logits' dtype; NaN where a logit that takes
+      part is NaN.
 
     Example:
       >>> import jax.numpy as jnp
@@ -247,8 +291,12 @@ def ldam_loss(
     _validation.check_in_range("scale", scale, lower=0, lower_open=True)
     margins = ldam_margins(class_counts, max_m=max_m).astype(prepared.logits.dtype)
     is_label = jnp.arange(prepared.num_classes) == prepared.labels[..., None]
-    shifted = prepared.logits - jnp.where(is_label, margins[prepared.labels][..., None], 0.0)
-    loss = optax.softmax_cross_entropy_with_integer_labels(
-        scale * shifted, prepared.labels, where=prepared.where
+    # Shift invariant: measured from the true score, the margin is not rounded away at large
+    # offsets (at 1e4 a float32 ulp is 1e-3), and a single huge score leaves the others exact.
+    true = label_value(prepared.logits, prepared.labels)
+    center = jax.lax.stop_gradient(jnp.where(jnp.isfinite(true), true, 0.0))
+    shifted = (prepared.logits - center[..., None]) - jnp.where(
+        is_label, margins[prepared.labels][..., None], 0.0
     )
+    loss = cross_entropy(scale * shifted, prepared.labels, where=prepared.where)
     return loss.astype(prepared.out_dtype)

@@ -1,18 +1,35 @@
-"""Top-k multiclass SVM losses, hard and smooth (Berrada, Zisserman & Kumar, ICLR 2018)."""
+"""Top-k multiclass SVM losses, hard and smooth (Berrada, Zisserman & Kumar, ICLR 2018).
+
+Masking follows optax's ``softmax_cross_entropy_with_integer_labels``: the competitors of the label
+are the other classes that ``where`` keeps and whose logit is not ``-inf``; the label's logit
+enters as it is, even when its class is masked. A row with fewer than k competitors has loss 0 and
+gradient 0 (the missing competitors count as ``-inf``: the label is in the top k whatever its
+score), which covers a row with no class left.
+"""
 
 from __future__ import annotations
 
-import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxloss import _validation
+from jaxloss import _autodiff, _validation
+from jaxloss.losses._softmax import row_max
 from jaxloss.ops import _esf, _selection
 
-# Excluded entries (the label inside the ESF, masked classes) sit this far below the row minimum in
-# scaled units: exp(-200) vanishes next to the other terms in float32 and float64 alike.
+# Entries that take no part in the ESF (the label, masked classes) sit this far below the smallest
+# competitor, in the ESF's units: exp(-200) vanishes next to the other terms in float32 and float64.
 _FAR_BELOW = 200.0
+
+
+class _Rows(NamedTuple):
+    inputs: _validation.Prepared
+    scores: jax.Array  # (..., C)
+    is_label: jax.Array  # (..., C)
+    competes: jax.Array  # (..., C): kept, not the label, not -inf
+    label_score: jax.Array  # (...,)
+    k: int
 
 
 def _prepare(logits, labels, k, alpha, axis, where):
@@ -20,35 +37,42 @@ def _prepare(logits, labels, k, alpha, axis, where):
     _validation.check_in_range("alpha", alpha, lower=0.0)
     inputs = _validation.prepare(logits, labels, axis=axis, where=where, min_classes=k + 1)
     scores = inputs.logits
-    # The losses are shift invariant; centring makes float32 independent of the scores' offset.
-    scores = scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
-    if inputs.where is not None:
-        low = jax.lax.stop_gradient(jnp.min(scores, axis=-1, keepdims=True))
-        scores = jnp.where(inputs.where, scores, low - _FAR_BELOW)
     is_label = inputs.labels[..., None] == jnp.arange(inputs.num_classes)
+    competes = ~is_label & (scores != -jnp.inf)
+    if inputs.where is not None:
+        competes &= inputs.where
     label_score = jnp.sum(jnp.where(is_label, scores, 0.0), axis=-1)
-    return inputs, scores, is_label, label_score, k
+    return _Rows(inputs, scores, is_label, competes, label_score, k)
 
 
-def _kth_other(scores, is_label, k):
-    """k-th largest score among the non-label classes (differentiable), and the top k+1 of them."""
-    others = jnp.where(is_label, -jnp.inf, jax.lax.stop_gradient(scores))
-    values, index = _selection.top_k(others, k + 1)
-    at_kth = index[..., k - 1 : k] == jnp.arange(scores.shape[-1])
+def _kth_other(rows, scores):
+    """k-th largest competitor score (differentiable), and the top k+1 competitor scores."""
+    others = jnp.where(rows.competes, jax.lax.stop_gradient(scores), -jnp.inf)
+    values, index = _selection.top_k(others, rows.k + 1)
+    at_kth = index[..., rows.k - 1 : rows.k] == jnp.arange(scores.shape[-1])
     return jnp.sum(jnp.where(at_kth, scores, 0.0), axis=-1), values
 
 
 def _hard(kth, label_score, k, alpha):
     margin = alpha + (kth - label_score) / k
-    # The reference's clamp(min=0) passes the gradient at exactly 0 as well.
-    return jnp.where(margin >= 0, margin, 0.0)
+    # The reference's clamp(min=0) passes the gradient at exactly 0 as well; NaN stays NaN.
+    return jnp.where(margin < 0, 0.0, margin)
+
+
+def _finish(rows, loss, few):
+    """0 where fewer than k competitors remain, NaN where a competitor is NaN."""
+    loss = jnp.where(few, 0.0, loss)
+    # lax.top_k ranks NaN above every number, so a NaN competitor must be caught here. A NaN label
+    # score propagates through the arithmetic by itself.
+    nan = jnp.any(jnp.isnan(rows.scores) & rows.competes, axis=-1)
+    return jnp.where(nan, jnp.nan, loss).astype(rows.inputs.out_dtype)
 
 
 def topk_svm_loss(
     logits: jax.Array,
     labels: jax.Array,
     *,
-    k: int = 5,
+    k: int,
     alpha: float = 1.0,
     axis: int = -1,
     where: jax.Array | None = None,
@@ -62,19 +86,24 @@ def topk_svm_loss(
     It is zero once the label is among the top k with a margin of :math:`k\alpha`; for k = 1 it is the
     Crammer-Singer multiclass hinge :math:`\max_j(s_j + \alpha[j \neq y]) - s_y`. The gradient is
     +1/k at the k-th other class and -1/k at the label where the hinge is active (ties are broken
-    by ``lax.top_k``, lowest index first).
+    by ``lax.top_k``, lowest index first). It has no custom VJP: forward mode and ``jax.hessian``
+    work (the Hessian is 0 almost everywhere).
 
     Args:
       logits: scores, shape ``(..., num_classes)`` (classes along ``axis``), num_classes > k.
       labels: integer labels in ``[0, num_classes)``, shape ``(...)``.
-      k: how many guesses count, an int >= 1.
-      alpha: the margin, >= 0.
+      k: how many guesses count, an int >= 1 (required).
+      alpha: the margin, >= 0 (a traced array is fine).
       axis: the class axis of ``logits``.
-      where: optional boolean class mask broadcastable to ``logits``; False excludes a class. The
-        labelled class must not be masked; at least k classes besides it must remain.
+      where: optional boolean class mask broadcastable to ``logits``, or of the labels' shape (per
+        example); False excludes a class from the competition. A ``-inf`` logit is excluded too.
+        The label's logit counts even when its class is masked; a row with fewer than k other
+        classes left has loss 0 and gradient 0.
 
     Returns:
-      The loss per example, shape ``(...)``, in the logits' dtype.
+      The loss per example, shape ``(...)``, in the logits' dtype: NaN where a logit that takes
+      part is NaN; for a ``+inf`` logit, the limit (``+inf`` once it is the k-th other class, 0 at
+      the label).
 
     Example:
       >>> import jax.numpy as jnp
@@ -88,16 +117,19 @@ def topk_svm_loss(
       2015; Berrada, Zisserman & Kumar, `Smooth Loss Functions for Deep Top-k Classification
       <https://arxiv.org/abs/1802.07595>`_, ICLR 2018.
     """
-    inputs, scores, is_label, label_score, k = _prepare(logits, labels, k, alpha, axis, where)
-    kth, _ = _kth_other(scores, is_label, k)
-    return _hard(kth, label_score, k, alpha).astype(inputs.out_dtype)
+    rows = _prepare(logits, labels, k, alpha, axis, where)
+    # The hinge is a difference of two scores: no centring needed, and +inf keeps its limit.
+    kth, top = _kth_other(rows, rows.scores)
+    few = top[..., rows.k - 1] == -jnp.inf
+    return _finish(rows, _hard(kth, rows.label_score, rows.k, alpha), few)
 
 
+@_autodiff.reverse_mode_only
 def smooth_topk_svm_loss(
     logits: jax.Array,
     labels: jax.Array,
     *,
-    k: int = 5,
+    k: int,
     alpha: float = 1.0,
     tau: float = 1.0,
     hard_threshold: float | None = 1e3,
@@ -127,19 +159,33 @@ def smooth_topk_svm_loss(
     gradient is unstable when one subset dominates; this one is not, so ``hard_threshold=None``
     gives the pure smooth loss with no loss of accuracy.
 
+    For k >= 2 the gradient is :func:`jaxloss.ops.log_esf`'s custom VJP: reverse mode only
+    (``jax.grad``; second derivatives by ``jax.jacrev(jax.jacrev(...))``). For k = 1 forward mode
+    and ``jax.hessian`` work too.
+
     Args:
       logits: scores, shape ``(..., num_classes)`` (classes along ``axis``), num_classes > k.
       labels: integer labels in ``[0, num_classes)``, shape ``(...)``.
-      k: how many guesses count, an int >= 1.
+      k: how many guesses count, an int >= 1 (required).
       alpha: the margin, >= 0.
       tau: the temperature, > 0.
       hard_threshold: the switch's ratio (>= 1), or None to always use the smooth loss.
       axis: the class axis of ``logits``.
-      where: optional boolean class mask broadcastable to ``logits``; False excludes a class. The
-        labelled class must not be masked; at least k classes besides it must remain.
+      where: optional boolean class mask broadcastable to ``logits``, or of the labels' shape (per
+        example); False excludes a class from the competition. A ``-inf`` logit is excluded too.
+        The label's logit counts even when its class is masked; a row with fewer than k other
+        classes left has loss 0 and gradient 0.
+
+    ``alpha``, ``tau`` and ``hard_threshold`` may be traced arrays (``jax.jit`` arguments,
+    ``jax.vmap`` over a population); ``k`` is static.
 
     Returns:
-      The loss per example, shape ``(...)``, in the logits' dtype.
+      The loss per example, shape ``(...)``, in the logits' dtype: NaN where a logit that takes
+      part is NaN; for a ``+inf`` logit, 0 at the label and NaN elsewhere (unless the switch
+      picks the hard loss, whose value is then the limit).
+
+    Raises:
+      TypeError: under forward-mode differentiation for k >= 2 (see above).
 
     Example:
       >>> import jax.numpy as jnp
@@ -157,26 +203,37 @@ def smooth_topk_svm_loss(
     """
     _validation.check_in_range("tau", tau, lower=0.0, lower_open=True)
     _validation.check_in_range("hard_threshold", hard_threshold, lower=1.0)
-    inputs, scores, is_label, label_score, k = _prepare(logits, labels, k, alpha, axis, where)
+    rows = _prepare(logits, labels, k, alpha, axis, where)
+    k = rows.k
+    # The loss is shift invariant; centring on the finite competitors makes float32 independent
+    # of the scores' offset.
+    finite = rows.competes & (rows.scores < jnp.inf)
+    center = row_max(rows.scores, finite)
+    scores = rows.scores - center
+    label_score = rows.label_score - center[..., 0]
     if k == 1:
-        shifted = scores + jnp.where(is_label, 0.0, alpha) - label_score[..., None]
-        smooth = tau * jax.nn.logsumexp(shifted / tau, axis=-1)
+        # The label's own term is exactly 0, whatever its score.
+        z = jnp.where(rows.competes, (scores - label_score[..., None] + alpha) / tau, -jnp.inf)
+        smooth = tau * jax.nn.logsumexp(jnp.where(rows.is_label, 0.0, z), axis=-1)
     else:
         x = scores / (k * tau)
-        low = jax.lax.stop_gradient(jnp.min(x, axis=-1, keepdims=True)) - _FAR_BELOW
-        log_sigma = _esf.log_esf(jnp.where(is_label, low, x), k)
+        lowest = jnp.min(x, axis=-1, keepdims=True, where=finite, initial=jnp.inf)
+        floor = jax.lax.stop_gradient(jnp.where(lowest == jnp.inf, 0.0, lowest)) - _FAR_BELOW
+        # The undecorated op, so that a forward-mode error names this loss, not log_esf.
+        log_sigma = _esf.log_esf.__wrapped__(jnp.where(rows.competes, x, floor), k)
         log_ratio = (
             alpha / tau + log_sigma[..., k] - log_sigma[..., k - 1] - label_score / (k * tau)
         )
         smooth = tau * jax.nn.softplus(log_ratio)
+    few = jnp.sum(rows.competes, axis=-1) < k
     if hard_threshold is None:
-        return smooth.astype(inputs.out_dtype)
-    kth, top = _kth_other(scores, is_label, k)
+        return _finish(rows, smooth, few)
+    kth, top = _kth_other(rows, scores)
     # k-th and (k+1)-th of the full row: the label score inserted into the others' sorted top k+1.
     y = jax.lax.stop_gradient(label_score)
     above = top[..., k - 2] if k > 1 else jnp.inf
     gap = jnp.maximum(top[..., k - 1], jnp.minimum(y, above)) - jnp.maximum(
         top[..., k], jnp.minimum(y, top[..., k - 1])
     )
-    hard = gap >= k * tau * math.log(hard_threshold)
-    return jnp.where(hard, _hard(kth, label_score, k, alpha), smooth).astype(inputs.out_dtype)
+    hard = gap >= k * tau * jnp.log(hard_threshold)
+    return _finish(rows, jnp.where(hard, _hard(kth, label_score, k, alpha), smooth), few)

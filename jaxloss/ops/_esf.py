@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxloss import _validation
+from jaxloss import _autodiff, _validation
 from jaxloss.ops import _selection
 
 __all__ = ["log_esf"]
@@ -34,6 +34,7 @@ __all__ = ["log_esf"]
 _HEADROOM = 1e-3
 
 
+@_autodiff.reverse_mode_only
 def log_esf(x: jax.Array, k: int, *, axis: int = -1) -> jax.Array:
     r"""Log elementary symmetric polynomials :math:`\log\sigma_0, \dots, \log\sigma_k` of ``exp(x)``.
 
@@ -61,6 +62,9 @@ def log_esf(x: jax.Array, k: int, *, axis: int = -1) -> jax.Array:
     Raises:
       ValueError: k outside ``[1, n]``, or so large for n that :math:`\binom{n}{k}` approaches the
         dtype's range.
+      TypeError: under forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``):
+        the VJP is custom, so only reverse mode is available (``jax.jacrev(jax.jacrev(...))``
+        gives second derivatives).
 
     Example:
       >>> import jax.numpy as jnp

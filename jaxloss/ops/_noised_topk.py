@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxloss import _validation
+from jaxloss import _autodiff, _validation
 from jaxloss.ops import _selection
 
 __all__ = ["noised_topk"]
@@ -36,7 +36,7 @@ def _standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     size = int(np.prod(shape))
     if size >= 2**32:
         raise ValueError(
-            f"noised_topk draws {size} noise values (x.size * n_samples); at most 2**32 - 1 are "
+            f"noised_topk draws {size} noise values (x.size * sample_size); at most 2**32 - 1 are "
             "supported per call. Split the batch."
         )
     seed = jax.random.bits(key, (2,), jnp.uint32)
@@ -82,12 +82,13 @@ def _mean_kth_bwd(k, num_classes, indices, g):
 _mean_kth.defvjp(_mean_kth_fwd, _mean_kth_bwd)
 
 
+@_autodiff.reverse_mode_only
 def noised_topk(
     x: Any,
     *,
     k: int,
     epsilon: float = 1.0,
-    n_samples: int = 5,
+    sample_size: int = 5,
     key: jax.Array | None = None,
     noise: Any = None,
     axis: int = -1,
@@ -95,7 +96,7 @@ def noised_topk(
 ) -> jax.Array:
     r"""The k-th largest entry of ``x`` along ``axis``, smoothed by Gaussian noise.
 
-    A Monte-Carlo estimate of the smoothed k-th largest value with ``S = n_samples`` draws:
+    A Monte-Carlo estimate of the smoothed k-th largest value with ``S = sample_size`` draws:
 
     .. math::
       \hat v = \frac{1}{S} \sum_{s=1}^{S} \operatorname{top}_k(x + \epsilon Z_s),
@@ -114,17 +115,23 @@ def noised_topk(
       x: float array of any shape.
       k: which largest entry, ``1 <= k <= x.shape[axis]`` (``k = 1`` is the max).
       epsilon: noise scale, ``>= 0`` (a scalar).
-      n_samples: number of noise draws ``S >= 1``.
+      sample_size: number of noise draws ``S >= 1``.
       key: a PRNG key; exactly one of ``key`` and ``noise`` unless ``epsilon == 0``.
-      noise: standard-normal draws of shape ``x.shape + (n_samples,)`` (sample axis last, as in
+      noise: standard-normal draws of shape ``x.shape + (sample_size,)`` (sample axis last, as in
         the reference implementation) used instead of drawing from ``key``.
       axis: the axis along which the k-th largest is taken.
       where: optional boolean mask broadcastable to ``x``; False entries are excluded (they never
-        rank). With fewer than ``k`` entries left the result is ``-inf``.
+        rank), as are ``-inf`` entries. With fewer than ``k`` entries left the result is
+        ``-inf``.
 
     Returns:
       Array of shape ``x.shape`` without ``axis``, in ``x``'s dtype (16-bit inputs are computed
-      in float32).
+      in float32). A NaN among the entries that are not masked makes the result NaN; a ``+inf``
+      entry ranks first (the result is its limit).
+
+    Raises:
+      TypeError: under forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``): the gradient
+        is a custom VJP, so only reverse mode is available.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -132,11 +139,12 @@ def noised_topk(
       >>> x = jnp.array([[-1.5, 2.0, 0.7, 3.8], [-1.1, -5.4, 0.1, 2.3]])
       >>> print(noised_topk(x, k=3, epsilon=0.0))
       [ 0.7 -1.1]
-      >>> v = noised_topk(x, k=3, n_samples=10_000, key=jax.random.key(0))
+      >>> v = noised_topk(x, k=3, sample_size=10_000, key=jax.random.key(0))
       >>> print([f"{u:.2f}" for u in v])  # the exact expectation is [0.597, -1.257]
       ['0.60', '-1.24']
-      >>> g = jax.grad(lambda x: noised_topk(x, k=3, n_samples=10_000, key=jax.random.key(0)).sum())
-      >>> print(jnp.round(g(x), 1))  # P(entry j is 3rd largest): [.06 .17 .76 .01], [.80 0 .20 0]
+      >>> def total(x):
+      ...     return noised_topk(x, k=3, sample_size=10_000, key=jax.random.key(0)).sum()
+      >>> print(jnp.round(jax.grad(total)(x), 1))  # P(entry j is 3rd largest): [.06 .17 .76 .01], [.80 0 .20 0]
       [[0.1 0.2 0.8 0. ]
        [0.8 0.  0.2 0. ]]
 
@@ -146,10 +154,10 @@ def noised_topk(
       Garcin et al., `Stochastic smoothing of the top-K calibrated hinge loss for deep imbalanced
       classification <https://arxiv.org/abs/2202.02193>`_, ICML 2022.
     """
-    prepared = _validation.prepare(x, axis=axis, where=where)
+    prepared = _validation.prepare(x, axis=axis, where=where, tuple_axis=False)
     values = prepared.logits
     k = _validation.check_integer("k", k, lower=1, upper=prepared.num_classes)
-    n_samples = _validation.check_integer("n_samples", n_samples, lower=1)
+    sample_size = _validation.check_integer("sample_size", sample_size, lower=1)
     if np.ndim(epsilon) != 0:
         raise ValueError(f"epsilon must be a scalar, got shape {np.shape(epsilon)}.")
     _validation.check_in_range("epsilon", epsilon, lower=0)
@@ -160,24 +168,29 @@ def noised_topk(
     draws = None
     if not exact:
         if noise is not None:
-            expected = tuple(np.shape(x)) + (n_samples,)
+            expected = tuple(np.shape(x)) + (sample_size,)
             if tuple(np.shape(noise)) != expected:
                 raise ValueError(
-                    f"noise must have shape x.shape + (n_samples,) = {expected}, got "
+                    f"noise must have shape x.shape + (sample_size,) = {expected}, got "
                     f"{tuple(np.shape(noise))}."
                 )
             ndim = values.ndim
             # (..., C at `axis`, ..., S) -> (..., S, C): the layout the selection runs on.
             draws = jnp.moveaxis(jnp.asarray(noise), (axis % ndim, ndim), (ndim, ndim - 1))
         elif key is not None:
-            draws = _standard_normal(key, values.shape[:-1] + (n_samples, values.shape[-1]))
+            draws = _standard_normal(key, values.shape[:-1] + (sample_size, values.shape[-1]))
         else:
             raise ValueError("noised_topk with epsilon > 0 needs a PRNG key or injected noise.")
         draws = draws.astype(values.dtype)
     y = values[..., None, :]
     if draws is not None:
         y = y + jnp.asarray(epsilon, values.dtype) * draws
+    nan = jnp.isnan(values)
     if prepared.where is not None:
         y = jnp.where(prepared.where[..., None, :], y, -jnp.inf)
+        nan &= prepared.where
     out = _mean_kth(k, values.shape[-1], y)
+    # lax.top_k ranks NaN above every number: without this a NaN score would pass as a finite
+    # threshold, and a training loop's NaN check would never fire. (B, C), not (B, C, S): cheap.
+    out = jnp.where(jnp.any(nan, axis=-1), jnp.nan, out)
     return out.astype(prepared.out_dtype)

@@ -38,9 +38,9 @@ def _per_example_and_grad(loss_fn):
     @jax.jit
     def run(logits, labels, noise):
         def total(x):
-            return jnp.sum(loss_fn(x, labels, noise=noise, n_samples=noise.shape[-1]))
+            return jnp.sum(loss_fn(x, labels, noise=noise, sample_size=noise.shape[-1]))
 
-        return loss_fn(logits, labels, noise=noise, n_samples=noise.shape[-1]), jax.grad(total)(
+        return loss_fn(logits, labels, noise=noise, sample_size=noise.shape[-1]), jax.grad(total)(
             logits
         )
 
@@ -122,7 +122,7 @@ def test_readme_example_matches_the_exact_expectation():
     @jax.jit
     def batch_means(key):
         bal = jaxloss.balanced_noised_topk_loss(
-            scores, labels, k=2, epsilon=1.0, n_samples=5000, key=key
+            scores, labels, k=2, epsilon=1.0, sample_size=5000, key=key
         )
         imbal = jaxloss.imbalanced_noised_topk_loss(
             scores,
@@ -131,7 +131,7 @@ def test_readme_example_matches_the_exact_expectation():
             k=2,
             epsilon=0.01,
             max_m=0.3,
-            n_samples=5000,
+            sample_size=5000,
             key=key,
         )
         return bal.mean(), imbal.mean()
@@ -148,7 +148,7 @@ def test_monte_carlo_loss_matches_the_smoothed_hinge_away_from_the_kink():
     labels = np.array([2, 0])
     losses = jax.vmap(
         lambda key: jaxloss.balanced_noised_topk_loss(
-            logits, labels, k=1, epsilon=0.8, n_samples=4000, key=key
+            logits, labels, k=1, epsilon=0.8, sample_size=4000, key=key
         )
     )(jax.random.split(jax.random.key(1), 20))
     exact = [
@@ -164,7 +164,7 @@ def test_axis_where_and_per_example_gradients():
     logits = testing.random_logits(5, (6, 5, 3), scale=1.0, dtype=np.float32)  # classes on axis 1
     labels = testing.random_labels(5, (6, 3), 5)
     noise = np.random.default_rng(6).standard_normal((6, 5, 3, 4)).astype(np.float32)
-    kwargs = dict(k=1, epsilon=0.5, n_samples=4)
+    kwargs = dict(k=1, epsilon=0.5, sample_size=4)
     got = jaxloss.balanced_noised_topk_loss(logits, labels, noise=noise, axis=1, **kwargs)
     moved = np.moveaxis(logits, 1, -1)
     want = jaxloss.balanced_noised_topk_loss(
@@ -263,8 +263,8 @@ def test_bad_inputs_raise():
         bal(logits, labels, k=4, epsilon=1.0, key=key)  # k + 1 > classes
     with pytest.raises(ValueError, match="epsilon must be in"):
         bal(logits, labels, k=1, epsilon=-1.0, key=key)
-    with pytest.raises(ValueError, match="n_samples must be in"):
-        bal(logits, labels, k=1, epsilon=1.0, n_samples=0, key=key)
+    with pytest.raises(ValueError, match="sample_size must be in"):
+        bal(logits, labels, k=1, epsilon=1.0, sample_size=0, key=key)
     with pytest.raises(ValueError, match="either key or noise"):
         bal(logits, labels, k=1, epsilon=1.0, key=key, noise=np.zeros((2, 4, 5)))
     with pytest.raises(ValueError, match="needs a PRNG key"):

@@ -55,7 +55,9 @@ def numpy_noised_topk(x, noise, k, epsilon, axis):
 _value_and_grad = jax.jit(
     jax.value_and_grad(
         lambda x, noise, k, epsilon, axis: jnp.sum(
-            noised_topk(x, k=k, epsilon=epsilon, n_samples=noise.shape[-1], noise=noise, axis=axis)
+            noised_topk(
+                x, k=k, epsilon=epsilon, sample_size=noise.shape[-1], noise=noise, axis=axis
+            )
         )
     ),
     static_argnames=("k", "axis"),
@@ -68,7 +70,7 @@ def _mc_estimates(keys, x, epsilon):
 
     def one(key):
         return jax.value_and_grad(
-            lambda x: noised_topk(x, k=2, epsilon=epsilon, n_samples=2000, key=key)
+            lambda x: noised_topk(x, k=2, epsilon=epsilon, sample_size=2000, key=key)
         )(x)
 
     return jax.vmap(one)(keys)
@@ -119,7 +121,7 @@ def test_injected_noise_matches_numpy(k):
     value, grad = _value_and_grad(x, noise, k, 0.8, -1)
     want_value, want_grad = numpy_noised_topk(x, noise, k, 0.8, -1)
     np.testing.assert_allclose(
-        noised_topk(x, k=k, epsilon=0.8, n_samples=7, noise=noise), want_value, rtol=1e-6
+        noised_topk(x, k=k, epsilon=0.8, sample_size=7, noise=noise), want_value, rtol=1e-6
     )
     np.testing.assert_allclose(value, want_value.sum(), rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-6)
@@ -129,7 +131,7 @@ def test_injected_noise_matches_numpy(k):
 def test_every_axis_of_a_3d_input(axis):
     x = testing.random_logits(2, (3, 4, 5), dtype=np.float32)
     noise = np.random.default_rng(3).standard_normal((3, 4, 5, 6)).astype(np.float32)
-    out = noised_topk(x, k=2, epsilon=0.5, n_samples=6, noise=noise, axis=axis)
+    out = noised_topk(x, k=2, epsilon=0.5, sample_size=6, noise=noise, axis=axis)
     want_value, want_grad = numpy_noised_topk(x, noise, 2, 0.5, axis)
     chex.assert_shape(out, np.delete(np.array(x.shape), axis % 3).tolist())
     np.testing.assert_allclose(out, want_value, rtol=1e-6)
@@ -173,10 +175,10 @@ def test_shift_equivariance_and_epsilon_scaling():
     x = testing.random_logits(7, (5, 6), dtype=np.float64)
     noise = np.random.default_rng(8).standard_normal((5, 6, 9))
     with jax.enable_x64(True):
-        base = noised_topk(x, k=3, epsilon=0.7, n_samples=9, noise=noise)
-        shifted = noised_topk(x + 2.5, k=3, epsilon=0.7, n_samples=9, noise=noise)
+        base = noised_topk(x, k=3, epsilon=0.7, sample_size=9, noise=noise)
+        shifted = noised_topk(x + 2.5, k=3, epsilon=0.7, sample_size=9, noise=noise)
         np.testing.assert_allclose(shifted, base + 2.5, rtol=1e-12)
-        unit = noised_topk(x / 0.7, k=3, epsilon=1.0, n_samples=9, noise=noise)
+        unit = noised_topk(x / 0.7, k=3, epsilon=1.0, sample_size=9, noise=noise)
         np.testing.assert_allclose(base, 0.7 * unit, rtol=1e-12)
         # Non-decreasing in every entry: the gradient is a probability vector per row.
         _, grad = _value_and_grad(x, noise, 3, 0.7, -1)
@@ -189,7 +191,7 @@ def test_gradients_of_x_epsilon_and_noise_match_finite_differences():
     noise = np.random.default_rng(10).standard_normal((3, 5, 4))
 
     def fn(x, epsilon, noise):
-        return noised_topk(x, k=2, epsilon=epsilon, n_samples=4, noise=noise)
+        return noised_topk(x, k=2, epsilon=epsilon, sample_size=4, noise=noise)
 
     testing.check_grads_f64(fn, (x, np.float64(0.9), noise))
 
@@ -198,11 +200,11 @@ def test_per_example_gradients():
     x = testing.random_logits(11, (6, 5), dtype=np.float32)
     noise = np.random.default_rng(12).standard_normal((6, 5, 8)).astype(np.float32)
     per_example = jax.jit(
-        jax.vmap(jax.grad(lambda x, z: noised_topk(x, k=2, epsilon=1.0, n_samples=8, noise=z)))
+        jax.vmap(jax.grad(lambda x, z: noised_topk(x, k=2, epsilon=1.0, sample_size=8, noise=z)))
     )(x, noise)
     np.testing.assert_allclose(per_example, _value_and_grad(x, noise, 2, 1.0, -1)[1], rtol=1e-6)
     keys = jax.random.split(jax.random.key(0), 6)
-    grads = jax.jit(jax.vmap(jax.grad(lambda x, key: noised_topk(x, k=2, n_samples=8, key=key))))(
+    grads = jax.jit(jax.vmap(jax.grad(lambda x, key: noised_topk(x, k=2, sample_size=8, key=key))))(
         x, keys
     )
     np.testing.assert_allclose(np.sum(grads, -1), 1.0, rtol=1e-6)
@@ -212,7 +214,7 @@ def test_where_excludes_entries():
     x = testing.random_logits(13, (4, 6), dtype=np.float32)
     where = np.array([True, False, True, True, False, True])
     noise = np.random.default_rng(14).standard_normal((4, 6, 3)).astype(np.float32)
-    got = noised_topk(x, k=2, epsilon=0.5, n_samples=3, noise=noise, where=where)
+    got = noised_topk(x, k=2, epsilon=0.5, sample_size=3, noise=noise, where=where)
     want, _ = numpy_noised_topk(x[:, where], noise[:, where], 2, 0.5, -1)
     np.testing.assert_allclose(got, want, rtol=1e-6)
     grad = jax.grad(lambda x: noised_topk(x, k=2, key=jax.random.key(0), where=where).sum())(x)
@@ -246,8 +248,8 @@ def test_bad_inputs_raise():
         noised_topk(x, k=2.0, key=key)
     with pytest.raises(ValueError, match="epsilon must be in"):
         noised_topk(x, k=2, epsilon=-0.1, key=key)
-    with pytest.raises(ValueError, match="n_samples must be in"):
-        noised_topk(x, k=2, n_samples=0, key=key)
+    with pytest.raises(ValueError, match="sample_size must be in"):
+        noised_topk(x, k=2, sample_size=0, key=key)
     with pytest.raises(ValueError, match="either key or noise"):
         noised_topk(x, k=2, key=key, noise=np.zeros((2, 4, 5)))
     with pytest.raises(ValueError, match="needs a PRNG key or injected noise"):
