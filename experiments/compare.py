@@ -1,18 +1,20 @@
-r"""Compares every loss on the embedded data sets: a results table and plots, offline, on a CPU.
+r"""Compares every loss on the embedded data sets with an equal tuning budget, offline, on a CPU.
 
     python experiments/compare.py --workdir results [--config experiments/configs/compare.py]
 
-Writes ``results.md``, ``results.csv`` and ``*.png`` into the workdir (one sub-folder of logs per
-run) and prints the table. The logic lives in :mod:`jaxloss.training.comparison`.
+Writes ``results.md`` (a ranking per setup first), ``results.csv``, ``results.json`` (with every
+tuning trial) and ``*.png`` into the workdir (one sub-folder of logs per run) and prints the
+ranking. The protocol is in ``comparison.py``, the report in ``report.py``.
 """
 
 import importlib
 import os
+import time
 
+import comparison
+import report
 from absl import app, flags, logging
 from ml_collections import config_flags
-
-from jaxloss.training import comparison
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -25,31 +27,53 @@ _WORKDIR = flags.DEFINE_string("workdir", "results", "Where tables, plots and ru
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    # One line per run instead of the training loop's per-epoch log lines.
+    # One line per cell instead of the training loop's per-epoch log lines.
     logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
-    configs = {
-        setup: {
-            loss: comparison.run_config(
-                importlib.import_module(f"configs.{setup}"),
+    start = time.perf_counter()
+    cells = []
+    for setup in config.setups:
+        module = importlib.import_module(f"configs.{setup}")
+        for loss in config.losses:
+            cell = comparison.run_cell(
+                setup,
+                module,
                 loss,
                 num_seeds=config.num_seeds,
                 top_k=config.top_k,
+                tuning=config.tuning,
+                workdir=os.path.join(_WORKDIR.value, setup, loss),
             )
-            for loss in config.losses
-        }
-        for setup in config.setups
-    }
-    results = comparison.run_grid(configs, _WORKDIR.value)
-    table = comparison.write_report(
-        results,
+            cells.append(cell)
+            selected = "" if cell.tuning is None else f", selected {cell.tuning.selected}"
+            metric = report.headline_metric([cell])
+            print(
+                f"[{setup}] {loss}: test {metric} {cell.metrics[metric].mean():.4f}, "
+                f"ece {cell.metrics['ece'].mean():.4f}{selected} ({cell.seconds:.1f} s)",
+                flush=True,
+            )
+    minutes = (time.perf_counter() - start) / 60
+    trials = config.tuning.trials
+    protocol = (
+        f"{trials} tuning trials per loss and setup (validation, seed {config.tuning.seed}), then "
+        f"{config.num_seeds} seeds"
+        if trials
+        else f"the papers' default hyperparameters, {config.num_seeds} seeds, no tuning"
+    )
+    header = (
+        f"# Loss comparison\n\nProtocol: {protocol}. {len(cells)} cells in {minutes:.1f} min.\n"
+    )
+    report.write_report(
+        cells,
         _WORKDIR.value,
         calibration_setup=config.calibration_setup,
         calibration_losses=list(config.calibration_losses),
         long_tail_setup=config.long_tail_setup,
+        header=header,
     )
-    print(table)
-    print(f"Tables and plots are in {os.path.abspath(_WORKDIR.value)}")
+    print(header)
+    print(report.ranking(cells))
+    print(f"Tables, the tuning record and plots are in {os.path.abspath(_WORKDIR.value)}")
 
 
 if __name__ == "__main__":

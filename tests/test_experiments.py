@@ -18,7 +18,7 @@ def _run(args, cwd):
     return result.stdout
 
 
-def test_compare_writes_tables_and_plots(tmp_path):
+def test_compare_tunes_then_writes_the_ranking_tables_and_plots(tmp_path):
     stdout = _run(
         [
             os.path.join(REPO_ROOT, "experiments", "compare.py"),
@@ -26,18 +26,24 @@ def test_compare_writes_tables_and_plots(tmp_path):
             "--config.setups=('digits_lt',)",
             "--config.losses=('cross_entropy', 'balanced_softmax')",
             "--config.num_seeds=1",
+            "--config.tuning.trials=2",
             "--config.calibration_setup=digits_lt",
         ],
         cwd=tmp_path,
     )
-    assert "### digits_lt" in stdout and "| balanced_softmax |" in stdout
+    assert "## Ranking" in stdout and "| digits_lt | balanced_accuracy |" in stdout
     written = set(os.listdir(tmp_path))
-    assert {"results.md", "results.csv", "reliability.png", "per_class_recall.png"} <= written
+    assert {"results.md", "results.csv", "results.json", "sensitivity.png"} <= written
     with open(os.path.join(tmp_path, "results.csv")) as f:
         rows = list(csv.DictReader(f))
-    accuracy = {r["loss"]: float(r["mean"]) for r in rows if r["metric"] == "accuracy"}
+    accuracy = {r["loss"]: float(r["mean"]) for r in rows if r["metric"] == "balanced_accuracy"}
     assert set(accuracy) == {"cross_entropy", "balanced_softmax"}
     assert all(0.5 < a <= 1.0 for a in accuracy.values())
+    with open(os.path.join(tmp_path, "results.json")) as f:
+        records = json.load(f)
+    for record in records:
+        assert record["tuning"]["metric"] == "balanced_accuracy"
+        assert len(record["tuning"]["validation_scores"]) == 2
 
 
 def test_benchmark_prints_and_writes_every_row(tmp_path):

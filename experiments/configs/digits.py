@@ -41,11 +41,14 @@ def get_config(loss: str = "cross_entropy") -> ml_collections.ConfigDict:
     config.num_epochs = 25
     config.batch_size = 64
     config.eval_batch_size = 512
-    # Metric on the VALIDATION split that picks each seed's best epoch.
+    # Metric on the VALIDATION split that picks each model's best epoch (and, in the comparison,
+    # its hyperparameters); selection="last" reports the last epoch instead (a fixed budget).
     config.selection_metric = "accuracy"
+    config.selection = "best"
     config.top_k = 5
     config.checkpoint_every_epochs = 1  # 0: no checkpoints (and no resume)
     config.progress_bar = True
+    config.stop_on_nan = True  # False: a diverged model keeps NaN metrics, the others go on
     config.log_every_steps = 10
 
     config.data = ml_collections.ConfigDict()

@@ -15,4 +15,5 @@ def get_config(loss: str = "cross_entropy"):
     config = digits.get_config(loss)
     config.data.imbalance_factor = 20.0
     config.data.imbalance_kind = "exp"
+    config.selection_metric = "balanced_accuracy"
     return config

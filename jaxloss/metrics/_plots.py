@@ -18,6 +18,8 @@ def reliability_diagram(
     n_bins: int = 15,
     ax: Any = None,
     title: str | None = None,
+    ece: float | None = None,
+    ece_label: str | None = None,
 ):
     """Draws a reliability diagram: the accuracy of each confidence bin against the diagonal.
 
@@ -33,6 +35,9 @@ def reliability_diagram(
       n_bins: the number of bins when binning probabilities (bins carry their own).
       ax: a matplotlib Axes to draw on; a new figure is made when None.
       title: the axes' title.
+      ece: the ECE to print in the legend; default the ECE of these bins. A report that pools
+        several models' bins passes the number its table shows (e.g. the mean over seeds).
+      ece_label: what that number is (e.g. ``"mean over 3 seeds"``), shown next to it.
 
     Returns:
       The matplotlib Figure that holds the plot.
@@ -66,7 +71,9 @@ def reliability_diagram(
     denominator = np.maximum(count, 1)
     accuracy = np.asarray(bins.correct_sum, np.float64) / denominator
     confidence = np.asarray(bins.confidence_sum, np.float64) / denominator
-    ece = float(ece_from_bins(bins))
+    if ece is None:
+        ece = float(ece_from_bins(bins))
+    described = f"ECE = {ece:.4f}" + (f", {ece_label}" if ece_label else "")
 
     if ax is None:
         figure = matplotlib.figure.Figure(figsize=(4.5, 4.5))
@@ -83,7 +90,7 @@ def reliability_diagram(
         color="tab:red",
         alpha=0.3,
         hatch="//",
-        label=f"gap (ECE = {ece:.4f})",
+        label=f"gap ({described})",
     )
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")

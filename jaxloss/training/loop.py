@@ -24,6 +24,7 @@ from jaxloss.training import logs
 from jaxloss.training.checkpoint import Checkpointer, CheckpointError
 from jaxloss.training.train import (
     compute_metrics,
+    higher_is_better,
     make_mesh,
     make_population,
     make_steps,
@@ -35,8 +36,6 @@ __all__ = ["load_datasets", "train_and_evaluate"]
 SPLITS = ("validation", "test")
 # Settings that change how a run is watched, not what it computes: they may differ on resume.
 _COSMETIC = frozenset({"progress_bar", "log_every_steps"})
-# Selection metrics for which lower is better; the others are accuracies.
-_LOWER_IS_BETTER = frozenset({"ece", "nll"})
 
 
 def load_datasets(config: ml_collections.ConfigDict) -> dict[str, data.Dataset]:
@@ -176,12 +175,15 @@ def _empty_best(num_seeds: int, splits: dict, metric_names: list[str]) -> dict:
     return best
 
 
-def _update_best(best: dict, record: dict, test_logits: np.ndarray, selection: str) -> dict:
-    """Keeps, per seed, the epoch with the best validation ``selection`` metric (first wins)."""
+def _update_best(
+    best: dict, record: dict, test_logits: np.ndarray, selection: str, *, last: bool = False
+) -> dict:
+    """Keeps, per model, the epoch with the best validation ``selection`` metric (first wins), or
+    with ``last`` the latest epoch (a fixed budget, as the label relaxation paper reports)."""
     score = record[f"validation/{selection}"]
     previous = best[f"validation/{selection}"]
-    improved = score < previous if selection in _LOWER_IS_BETTER else score > previous
-    better = (best["epoch"] < 0) | improved
+    improved = score > previous if higher_is_better(selection) else score < previous
+    better = (best["epoch"] < 0) | improved | last
     updated = {"epoch": np.where(better, record["epoch"], best["epoch"])}
     for key, value in best.items():
         if key in ("epoch", "test_probs"):
@@ -201,7 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     of each configuration of ``config.population`` (learning rates and continuous loss
     hyperparameters; one configuration when it is absent), trained in one compiled step.
 
-    The best epoch of each model is chosen on the validation split (``config.selection_metric``,
+    The reported epoch of each model is the last one with ``config.selection="last"``; otherwise
+    the best on the validation split (``config.selection_metric``,
     default accuracy; lowest for ``ece`` and ``nll``, highest otherwise), never on test. The run writes ``config.json``, ``metrics.jsonl``
     (one line per epoch), TensorBoard events (``tensorboard/``) and Orbax checkpoints
     (``checkpoints/``, every ``config.checkpoint_every_epochs`` epochs; 0 disables them) into
@@ -262,6 +265,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
     )
     selection = config.get("selection_metric", "accuracy")
+    if config.get("selection", "best") not in ("best", "last"):
+        raise ValueError(
+            f"selection must be 'best' (the epoch with the best validation {selection}) or "
+            f"'last' (the last epoch), got {config.selection!r}."
+        )
+    last_epoch_wins = config.get("selection", "best") == "last"
     if selection not in metric_names or selection == "per_class_recall":
         raise ValueError(
             f"selection_metric {selection!r} is not a metric; choose one of "
@@ -296,12 +305,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 population=population,
                 num_steps=num_steps,
             )
-            _check_finite(
-                losses,
-                epoch=epoch,
-                num_steps=num_steps,
-                checkpoints=checkpointer and checkpointer.directory,
-            )
+            if config.get("stop_on_nan", True):
+                _check_finite(
+                    losses,
+                    epoch=epoch,
+                    num_steps=num_steps,
+                    checkpoints=checkpointer and checkpointer.directory,
+                )
             record = {
                 "epoch": epoch,
                 "train/loss": losses.mean(axis=0, dtype=np.float64),
@@ -315,7 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 k=k,
             )
             record.update(values)
-            best = _update_best(best, record, test_logits, selection)
+            best = _update_best(best, record, test_logits, selection, last=last_epoch_wins)
             history.append(record)
             logger.write(record)
             logging.info(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -27,9 +28,12 @@ from jaxloss.losses import _softmax, get_loss, loss_spec
 from jaxloss.training.models import build_model
 
 __all__ = [
+    "METRICS",
     "Population",
     "StepFunctions",
     "compute_metrics",
+    "higher_is_better",
+    "metric_names",
     "make_mesh",
     "make_optimizer",
     "make_population",
@@ -138,6 +142,31 @@ def make_optimizer(
             f"Unknown optimizer {name!r}. Available optimizers: {', '.join(OPTIMIZERS)}."
         )
     return optax.chain(*chain)
+
+
+# Every evaluation metric of :func:`compute_metrics` and whether higher is better: the one table
+# that model selection, tuning, logs and reports read. ``{k}`` stands for the top-k cut-off.
+METRICS = {
+    "accuracy": True,
+    "top{k}_accuracy": True,
+    "balanced_accuracy": True,
+    "macro_top{k}_accuracy": True,
+    "ece": False,
+    "nll": False,
+}
+
+
+def metric_names(k: int) -> list[str]:
+    """The scalar metrics of :func:`compute_metrics` for a top-k cut-off of ``k``."""
+    return [name.format(k=k) for name in METRICS]
+
+
+def higher_is_better(name: str) -> bool:
+    """Whether a larger value of metric ``name`` (e.g. ``"top2_accuracy"``) is better."""
+    pattern = re.sub(r"top\d+_", "top{k}_", name)
+    if pattern not in METRICS:
+        raise ValueError(f"Unknown metric {name!r}; the metrics are {', '.join(METRICS)}.")
+    return METRICS[pattern]
 
 
 @dataclasses.dataclass(frozen=True)

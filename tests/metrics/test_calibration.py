@@ -248,6 +248,9 @@ def test_reliability_diagram_from_bins_on_given_axes():
     try:
         assert metrics.reliability_diagram(bins, ax=ax) is figure
         assert len(ax.containers[0]) == 8
+        metrics.reliability_diagram(bins, ax=ax, ece=0.1234, ece_label="mean over 3 seeds")
+        texts = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert any("ECE = 0.1234, mean over 3 seeds" in t for t in texts)
         with pytest.raises(ValueError, match="labels must be None"):
             metrics.reliability_diagram(bins, labels)
         with pytest.raises(ValueError, match="labels are required"):
