@@ -286,3 +286,68 @@ def test_bad_inputs_raise():
         jaxloss.ldam_margins(np.ones((2, 2)), max_m=0.5)
     with pytest.raises(ValueError, match="labels must have"):
         bal(logits, np.array([0]), k=1, epsilon=0.0)
+
+
+@pytest.mark.parametrize("offset", [1e4, -1e4])
+def test_float32_at_large_offsets_matches_float64(offset):
+    # Scores 1e4 away from 0 (a float32 ulp there is 1e-3): the margins and the noise must not be
+    # rounded away against the offset. Oracle: float64 on the same float32 inputs.
+    rng = np.random.default_rng(4)
+    logits = (offset + 0.5 * rng.standard_normal((64, 5))).astype(np.float32)
+    labels = rng.integers(0, 5, 64)
+    noise = rng.standard_normal((64, 5, 6)).astype(np.float32)
+    x64, noise64 = logits.astype(np.float64), noise.astype(np.float64)
+    imbalanced, _ = _imbalanced(logits, labels, noise)
+    want, _ = numpy_noised_hinge(x64, labels, noise64, 2, 0.05, numpy_margins(COUNTS, 0.3), 40.0)
+    assert np.count_nonzero(want) > 16
+    np.testing.assert_allclose(imbalanced, want, rtol=1e-6, atol=2e-5)
+    balanced, _ = _balanced(logits, labels, noise)
+    want, _ = numpy_noised_hinge(x64, labels, noise64, 2, 0.7, np.ones(5), 1.0)
+    np.testing.assert_allclose(balanced, want, rtol=1e-6, atol=1e-6)
+    ldam = jaxloss.ldam_loss(logits, labels, class_counts=COUNTS, max_m=0.4, scale=20.0)
+    want = numpy_ldam(x64, labels, COUNTS, 0.4, 20.0)
+    np.testing.assert_allclose(ldam, want, rtol=1e-6, atol=1e-5)
+
+
+def test_masked_label_and_rows_short_of_classes():
+    logits = testing.random_logits(9, (4, 6), scale=1.0, dtype=np.float32)
+    labels = np.array([1, 4, 0, 5])
+    keep = np.ones((4, 6), bool)
+    keep[0, 1] = False  # the label's own class: it no longer ranks, its score still counts
+    keep[1, :3] = False  # k + 1 = 3 ranked classes left, the label among them
+    keep[2, [0, 2, 5]] = False  # the label masked too, k + 1 others left
+    keep[3] = False  # nothing left
+    noise = np.random.default_rng(10).standard_normal((4, 6, 5)).astype(np.float32)
+    kwargs = dict(k=2, epsilon=0.5, noise=noise, sample_size=5, where=keep)
+    got = jaxloss.balanced_noised_topk_loss(logits, labels, **kwargs)
+    y = logits[..., None] + 0.5 * noise  # (B, C, S), float32 as the loss draws it
+    thresholds = [
+        np.sort(y[b][keep[b]], axis=0)[-3].mean() if keep[b].sum() >= 3 else -np.inf
+        for b in range(4)
+    ]
+    want = np.maximum(1 + np.array(thresholds) - logits[np.arange(4), labels], 0.0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.all(want[:3] > 0) and want[3] == 0.0
+    grad = jax.grad(lambda x: jaxloss.balanced_noised_topk_loss(x, labels, **kwargs).sum())(logits)
+    np.testing.assert_array_equal(grad[3], 0.0)
+    np.testing.assert_array_equal(np.asarray(grad)[~keep & (np.arange(6) != labels[:, None])], 0)
+    # With fewer than k + 1 classes to rank the label is in the top k: loss 0, gradient 0.
+    short = keep.copy()
+    short[1, 3] = False
+    got = jaxloss.balanced_noised_topk_loss(logits, labels, **{**kwargs, "where": short})
+    assert got[1] == 0.0
+
+
+def test_ldam_second_derivatives():
+    logits = testing.random_logits(11, (3, 5), scale=0.6)
+    labels = testing.random_labels(11, (3,), 5)
+    fn = functools.partial(jaxloss.ldam_loss, class_counts=COUNTS.copy(), max_m=0.4, scale=5.0)
+    testing.check_grads_f64(lambda x: fn(x, labels), (logits,), order=2, modes=("fwd", "rev"))
+
+
+def test_sample_size_is_the_keyword():
+    logits, labels = np.zeros((2, 4), np.float32), np.array([0, 1])
+    with pytest.raises(TypeError, match="n_samples"):
+        jaxloss.balanced_noised_topk_loss(
+            logits, labels, k=1, epsilon=1.0, n_samples=3, key=jax.random.key(0)
+        )

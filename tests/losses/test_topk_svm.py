@@ -187,3 +187,130 @@ def test_bad_inputs():
         jaxloss.smooth_topk_svm_loss(logits, labels, k=2, hard_threshold=0.5)
     with pytest.raises(ValueError, match="needs at least 6"):
         jaxloss.topk_svm_loss(logits, labels, k=5)
+
+
+def test_k_is_a_required_keyword():
+    logits, labels = jnp.zeros((2, 5)), jnp.array([0, 1])
+    for loss in (jaxloss.topk_svm_loss, jaxloss.smooth_topk_svm_loss):
+        with pytest.raises(TypeError, match="'k'"):
+            loss(logits, labels)
+
+
+def _kept_row(scores, label, keep):
+    """The label's score followed by the kept competitors: the oracles' view of a masked row."""
+    others = [j for j in range(len(scores)) if keep[j] and j != label]
+    return np.concatenate([[scores[label]], scores[others]])
+
+
+def test_masked_label_and_rows_short_of_competitors():
+    logits = testing.random_logits(8, (4, 7), scale=2.0)
+    labels = np.array([1, 4, 0, 6])
+    keep = np.ones((4, 7), bool)
+    keep[0, 1] = False  # the label's own class: its score still counts, as in optax
+    keep[1, [0, 2, 3, 5]] = False  # exactly k = 2 competitors left
+    keep[2, 1:6] = False  # one competitor, fewer than k: loss 0
+    keep[3] = False  # nothing left: loss 0
+    k, tau, alpha = 2, 0.7, 1.0
+    rows = [_kept_row(s, y, w) for s, y, w in zip(logits, labels, keep, strict=True)]
+    want_smooth = [brute_smooth(r[None], [0], k, alpha, tau)[0] for r in rows[:2]] + [0.0, 0.0]
+    want_hard = [brute_hard(r[None], [0], k, alpha)[0] for r in rows[:2]] + [0.0, 0.0]
+    testing.assert_matches_oracle(
+        lambda x, y: jaxloss.smooth_topk_svm_loss(
+            x, y, k=k, tau=tau, alpha=alpha, hard_threshold=None, where=keep
+        ),
+        lambda x, y: want_smooth,
+        logits,
+        labels,
+    )
+    testing.assert_matches_oracle(
+        lambda x, y: jaxloss.topk_svm_loss(x, y, k=k, alpha=alpha, where=keep),
+        lambda x, y: want_hard,
+        logits,
+        labels,
+    )
+    for loss in (jaxloss.topk_svm_loss, jaxloss.smooth_topk_svm_loss):
+        grad = jax.grad(lambda x, loss=loss: jnp.sum(loss(x, labels, k=k, where=keep)))(
+            jnp.asarray(logits, jnp.float32)
+        )
+        np.testing.assert_array_equal(grad[2:], 0.0)
+        np.testing.assert_array_equal(
+            np.asarray(grad)[~keep & (np.arange(7) != labels[:, None])], 0
+        )
+        assert np.all(np.isfinite(grad))
+
+
+def test_nonfinite_logits():
+    logits = testing.random_logits(9, (3, 6), scale=2.0, dtype=np.float32)
+    labels = np.array([0, 1, 2])
+    # A NaN anywhere among the competitors, even the smallest, makes the row NaN.
+    smallest = np.argmin(np.where(np.arange(6) == labels[:, None], np.inf, logits), axis=1)
+    poisoned = logits.copy()
+    poisoned[1, smallest[1]] = np.nan
+    for loss in (jaxloss.topk_svm_loss, jaxloss.smooth_topk_svm_loss):
+        out = np.asarray(loss(poisoned, labels, k=2))
+        assert np.isnan(out[1]) and np.all(np.isfinite(out[[0, 2]]))
+    # +inf takes the limit (NumPy's float64 sort is the oracle): a competitor at +inf is the first
+    # other class, so the 2nd one decides for k = 2 and the loss is +inf for k = 1; at the label
+    # the loss is 0. Row 2 keeps its finite scores.
+    big = logits.copy()
+    big[0, top_competitor(logits[0], labels[0])] = np.inf
+    big[1, labels[1]] = np.inf
+    for k in (1, 2):
+        np.testing.assert_allclose(
+            jaxloss.topk_svm_loss(big, labels, k=k), brute_hard(big, labels, k, 1.0), rtol=1e-6
+        )
+    smooth = np.asarray(jaxloss.smooth_topk_svm_loss(big, labels, k=2, hard_threshold=None))
+    assert not np.isfinite(smooth[0]) and smooth[1] == 0.0
+
+
+def top_competitor(scores, label):
+    return np.argmax(np.where(np.arange(len(scores)) == label, -np.inf, scores))
+
+
+def test_traced_hyperparameters_equal_a_loop():
+    # Row gaps (2nd to 3rd score) are 10 and 0.5: the thresholds switch none, one or both rows.
+    logits = np.array([[12.0, 11.0, 1.0, 0.5, 0.0], [2.0, 1.0, 0.5, 0.2, 0.0]], np.float32)
+    labels = np.array([2, 3])
+    thresholds = jnp.asarray([1.1, 100.0, 1e6], jnp.float32)
+    taus = jnp.asarray([0.3, 1.0, 2.0], jnp.float32)
+
+    def smooth(hard_threshold, tau, alpha):
+        return jaxloss.smooth_topk_svm_loss(
+            logits, labels, k=2, tau=tau, alpha=alpha, hard_threshold=hard_threshold
+        )
+
+    switched = jax.jit(jax.vmap(lambda h: smooth(h, 1.0, 1.0)))(thresholds)
+    hard = jaxloss.topk_svm_loss(logits, labels, k=2)
+    pure = smooth(None, 1.0, 1.0)
+    np.testing.assert_allclose(switched, [hard, [hard[0], pure[1]], pure], rtol=1e-6)
+    for h, row in zip(thresholds, switched, strict=True):
+        np.testing.assert_allclose(row, smooth(float(h), 1.0, 1.0), rtol=1e-6)
+    mapped = jax.jit(jax.vmap(smooth))(thresholds, taus, 2 * taus)
+    for h, t, row in zip(thresholds, taus, mapped, strict=True):
+        np.testing.assert_allclose(row, smooth(float(h), float(t), 2 * float(t)), rtol=1e-6)
+    alphas = jnp.asarray([0.0, 0.5, 3.0])
+    np.testing.assert_allclose(
+        jax.vmap(lambda a: jaxloss.topk_svm_loss(logits, labels, k=2, alpha=a))(alphas),
+        [jaxloss.topk_svm_loss(logits, labels, k=2, alpha=float(a)) for a in alphas],
+    )
+
+
+def test_forward_mode_and_second_derivatives():
+    logits = testing.random_logits(10, (3, 6), scale=1.0)
+    labels = testing.random_labels(10, (3,), 6)
+
+    def smooth(k):
+        return lambda x: jaxloss.smooth_topk_svm_loss(x, labels, k=k, tau=0.8, hard_threshold=None)
+
+    # k >= 2 goes through log_esf's custom VJP: reverse mode only, and the error names the loss.
+    with pytest.raises(TypeError, match=r"jaxloss\.smooth_topk_svm_loss supports reverse-mode"):
+        jax.jacfwd(smooth(3))(jnp.asarray(logits, jnp.float32))
+    # ... but reverse over reverse gives second derivatives.
+    testing.check_grads_f64(smooth(3), (logits,), order=2, modes=("rev",), eps=1e-5)
+    # k = 1 (closed form) and the hard loss: forward mode and jax.hessian, checked against
+    # finite differences in both modes.
+    testing.check_grads_f64(smooth(1), (logits,), order=2, modes=("fwd", "rev"), eps=1e-5)
+    hard = lambda x: jaxloss.topk_svm_loss(x, labels, k=2, alpha=3.0)  # noqa: E731
+    testing.check_grads_f64(hard, (logits,), order=2, modes=("fwd", "rev"))
+    hessian = jax.hessian(lambda x: jnp.sum(hard(x)))(jnp.asarray(logits, jnp.float32))
+    np.testing.assert_array_equal(hessian, 0.0)

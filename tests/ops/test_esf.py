@@ -175,3 +175,16 @@ def test_bad_inputs():
         log_esf(jnp.zeros((2, 4), jnp.int32), 2)
     with pytest.raises(ValueError, match="too large"):
         log_esf(jnp.zeros((1, 1000)), 40)
+
+
+def test_reverse_mode_only_with_second_derivatives():
+    x = testing.random_logits(8, (2, 7), scale=2.0)
+    weights = jnp.asarray(np.random.default_rng(1).standard_normal(4))
+
+    def fn(v):
+        return jnp.sum(log_esf(v, 3) * weights)
+
+    with pytest.raises(TypeError, match=r"jaxloss\.log_esf supports reverse-mode"):
+        jax.jacfwd(fn)(jnp.asarray(x, jnp.float32))
+    # The VJP is built from differentiable operations: reverse over reverse is exact.
+    testing.check_grads_f64(fn, (x,), order=2, modes=("rev",), eps=1e-5)

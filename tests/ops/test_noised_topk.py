@@ -258,3 +258,37 @@ def test_bad_inputs_raise():
         noised_topk(x, k=2, noise=np.zeros((2, 4, 3)))
     with pytest.raises(TypeError, match="floating-point"):
         noised_topk(np.zeros((2, 4), np.int32), k=2, key=key)
+
+
+def test_nonfinite_entries():
+    x = testing.random_logits(16, (4, 6), dtype=np.float32)
+    noise = np.random.default_rng(17).standard_normal((4, 6, 3)).astype(np.float32)
+    poisoned = x.copy()
+    poisoned[0, 1 + np.argmin(x[0, 1:])] = np.nan  # the smallest kept entry: still NaN
+    poisoned[1, 0] = np.nan  # masked out below: ignored
+    poisoned[2, np.argmax(x[2])] = np.inf  # ranks first; the k-th is the next finite one
+    poisoned[3, :5] = -np.inf  # one entry left, fewer than k
+    where = np.ones(6, bool)
+    where[0] = False
+    got = noised_topk(poisoned, k=2, epsilon=0.5, sample_size=3, noise=noise, where=where)
+    want, _ = numpy_noised_topk(poisoned[:3, 1:], noise[:3, 1:], 2, 0.5, -1)
+    assert np.isnan(got[0]) and got[3] == -np.inf
+    np.testing.assert_allclose(got[1:3], want[1:3], rtol=1e-6)
+    hard = noised_topk(poisoned, k=2, epsilon=0.0)
+    assert np.isnan(hard[0]) and np.isnan(hard[1])  # unmasked, row 1's NaN counts
+
+
+def test_traced_epsilon_equals_a_loop():
+    x = testing.random_logits(18, (3, 6), dtype=np.float32)
+    epsilons = jnp.asarray([0.0, 0.3, 2.0])
+    key = jax.random.key(5)
+    mapped = jax.jit(jax.vmap(lambda e: noised_topk(x, k=2, epsilon=e, key=key)))(epsilons)
+    for epsilon, row in zip(epsilons, mapped, strict=True):
+        np.testing.assert_allclose(row, noised_topk(x, k=2, epsilon=float(epsilon), key=key))
+    np.testing.assert_allclose(mapped[0], -np.sort(-x, axis=-1)[:, 1], rtol=1e-6)
+
+
+def test_forward_mode_is_refused_by_name():
+    x = jnp.asarray(testing.random_logits(19, (2, 5), dtype=np.float32))
+    with pytest.raises(TypeError, match=r"jaxloss\.noised_topk supports reverse-mode"):
+        jax.jacfwd(lambda x: noised_topk(x, k=2, key=jax.random.key(0)))(x)
