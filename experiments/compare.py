@@ -11,6 +11,7 @@ import importlib
 import os
 import time
 
+import cli
 import comparison
 import report
 from absl import app, flags, logging
@@ -77,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -6,13 +6,17 @@ r"""Trains and evaluates one loss on one setup.
 The config file picks the setup (see ``experiments/configs``) and the text after ``:`` the loss, with
 its default hyperparameters and the head and optimizer pieces it is designed for (set them through
 ``:<loss>``, not ``--config.loss.name``, which would change the name alone). ``--config.<field>=<value>``
-overrides any field. Running again with the same workdir resumes from its latest checkpoint.
+overrides any field. At the end it prints the reported epoch's validation and test metrics per seed
+and their mean ± std, also written to ``<workdir>/results.json``. Running again with the same workdir
+resumes from its latest checkpoint (or, for a finished run, prints the same summary).
 """
 
+import cli
 from absl import app, flags
 from ml_collections import config_flags
 
 from jaxloss.training import train_and_evaluate
+from jaxloss.training.summary import format_summary
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and config.")
 config_flags.DEFINE_config_file(
@@ -24,8 +28,9 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+    out = train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+    print(format_summary(out["summary"]))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

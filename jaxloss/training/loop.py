@@ -22,16 +22,23 @@ from absl import logging
 from jaxloss import data
 from jaxloss.training import logs
 from jaxloss.training.checkpoint import Checkpointer, CheckpointError
+from jaxloss.training.summary import summarize
 from jaxloss.training.train import (
-    compute_metrics,
     higher_is_better,
     make_mesh,
     make_population,
     make_steps,
+    metric_names,
     seed_metrics,
 )
 
-__all__ = ["load_datasets", "train_and_evaluate"]
+__all__ = ["ConfigError", "load_datasets", "train_and_evaluate"]
+
+
+class ConfigError(ValueError):
+    """A config that cannot run (an unknown name, a value out of range, a field that does not fit
+    the data); raised before the run writes anything."""
+
 
 SPLITS = ("validation", "test")
 # Settings that change how a run is watched, not what it computes: they may differ on resume.
@@ -144,6 +151,36 @@ def _check_finite(losses: np.ndarray, *, epoch: int, num_steps: int, checkpoints
         )
 
 
+def _validate(config: ml_collections.ConfigDict, train: data.Dataset, mesh) -> None:
+    """Raises a ValueError naming the config field that cannot work with this data and mesh."""
+    problems = []
+    for field in ("num_epochs", "batch_size", "eval_batch_size", "num_seeds"):
+        value = config.get(field)
+        if not isinstance(value, int) or value < 1:
+            problems.append(f"{field} must be a positive integer, got {value!r}")
+    if not problems and config.batch_size > train.num_examples:
+        problems.append(
+            f"batch_size ({config.batch_size}) is larger than the training split "
+            f"({train.num_examples} examples of {train.name}): no full batch to train on"
+        )
+    for field in ("batch_size", "eval_batch_size"):
+        if not problems and config[field] % mesh.size:
+            problems.append(
+                f"{field} ({config[field]}) must be a multiple of the {mesh.size} devices"
+            )
+    k = config.loss.get("hyperparameters", {}).get("k")
+    if k is not None and not 1 <= k < train.num_classes:
+        problems.append(
+            f"loss.hyperparameters.k must be in [1, {train.num_classes - 1}] for the "
+            f"{train.num_classes} classes of {train.name}, got {k}"
+        )
+    top_k = config.get("top_k", 5)
+    if not isinstance(top_k, int) or top_k < 1:
+        problems.append(f"top_k must be a positive integer, got {top_k!r}")
+    if problems:
+        raise ValueError("; ".join(problems) + ".")
+
+
 def _check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Writes ``config.json``, or checks that a resumed run has the config it was started with."""
     path = os.path.join(workdir, "config.json")
@@ -216,6 +253,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Returns:
       A dict with
+        ``"summary"``: the reported epoch's validation and test metrics per model and their
+        mean ± std (also written to ``workdir/results.json``; see
+        :func:`jaxloss.training.summary.format_summary`);
         ``"best"``: the selected epoch of each seed, ``{"epoch": (S,), "validation/<metric>": (S,),
         "test/<metric>": (S,), "test/per_class_recall": (S, C), "test_probs": (S, N, C)}``
         (metrics: accuracy, top{k}_accuracy, balanced_accuracy, macro_top{k}_accuracy, ece, nll);
@@ -227,56 +267,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ``"config"``: the config as run.
 
     Raises:
+      ConfigError: a config mistake, found before anything is written; the message names the
+        field.
       FloatingPointError: the training loss became NaN or infinite; the message names the step.
       CheckpointError: the workdir holds a checkpoint of a different config, or a damaged one.
     """
+    # Everything that can be wrong with the config or the data fails here, before the workdir
+    # gets a config.json.
+    try:
+        splits = load_datasets(config.data)
+        train = splits["train"]
+        mesh = make_mesh()
+        _validate(config, train, mesh)
+        population = make_population(config)
+        counts = data.class_counts(train)
+        num_steps = data.steps_per_epoch(train.num_examples, config.batch_size, train=True)
+        steps = make_steps(
+            config,
+            num_classes=train.num_classes,
+            input_shape=train.features.shape[1:],
+            # Classes emptied by a transform count as one, so that log-prior losses stay finite.
+            class_counts=np.maximum(counts, 1),
+            steps_per_epoch=num_steps,
+            mesh=mesh,
+        )
+        k = config.get("top_k", 5)
+        names = metric_names(min(k, train.num_classes))
+        selection = config.get("selection_metric", "accuracy")
+        if selection not in names:
+            raise ValueError(
+                f"selection_metric {selection!r} is not a metric; choose one of {', '.join(names)}."
+            )
+        if config.get("selection", "best") not in ("best", "last"):
+            raise ValueError(
+                f"selection must be 'best' (the epoch with the best validation {selection}) or "
+                f"'last' (the last epoch), got {config.selection!r}."
+            )
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ConfigError(f"Bad config: {error}") from error
+    last_epoch_wins = config.get("selection", "best") == "last"
     os.makedirs(workdir, exist_ok=True)
     _check_config(config, workdir)
-    splits = load_datasets(config.data)
-    train = splits["train"]
-    counts = data.class_counts(train)
-    num_steps = data.steps_per_epoch(train.num_examples, config.batch_size, train=True)
-    mesh = make_mesh()
-    if config.batch_size % mesh.size or config.eval_batch_size % mesh.size:
-        raise ValueError(
-            f"batch_size ({config.batch_size}) and eval_batch_size ({config.eval_batch_size}) "
-            f"must be multiples of the {mesh.size} devices."
-        )
-    steps = make_steps(
-        config,
-        num_classes=train.num_classes,
-        input_shape=train.features.shape[1:],
-        # Classes emptied by a transform count as one, so that log-prior losses stay finite.
-        class_counts=np.maximum(counts, 1),
-        steps_per_epoch=num_steps,
-        mesh=mesh,
-    )
-    population = make_population(config)
     keys = population.keys()
     state = steps.init(jax.vmap(lambda key: jax.random.fold_in(key, 0))(keys))
     train_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
-    k = config.get("top_k", 5)
-    metric_names = list(
-        jax.eval_shape(
-            lambda z, y, w: compute_metrics(z, y, w, num_classes=train.num_classes, k=k),
-            jax.ShapeDtypeStruct((1, train.num_classes), jnp.float32),
-            jax.ShapeDtypeStruct((1,), jnp.int32),
-            jax.ShapeDtypeStruct((1,), jnp.bool_),
-        )
-    )
-    selection = config.get("selection_metric", "accuracy")
-    if config.get("selection", "best") not in ("best", "last"):
-        raise ValueError(
-            f"selection must be 'best' (the epoch with the best validation {selection}) or "
-            f"'last' (the last epoch), got {config.selection!r}."
-        )
-    last_epoch_wins = config.get("selection", "best") == "last"
-    if selection not in metric_names or selection == "per_class_recall":
-        raise ValueError(
-            f"selection_metric {selection!r} is not a metric; choose one of "
-            f"{', '.join(n for n in metric_names if n != 'per_class_recall')}."
-        )
-    best = _empty_best(population.size, splits, metric_names)
+    best = _empty_best(population.size, splits, [*names, "per_class_recall"])
     history: list[dict] = []
 
     checkpointer = (
@@ -292,6 +327,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             {key: _as_array(value) for key, value in record.items()} for record in saved_history
         ]
         start_epoch = latest + 1
+        if start_epoch >= config.num_epochs:
+            logging.info(
+                "%s holds a finished run (%d epochs): nothing to train.", workdir, latest + 1
+            )
     logger = logs.MetricLogger(workdir, history=history)
     try:
         for epoch in range(start_epoch, config.num_epochs):
@@ -348,7 +387,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logger.close()
         if checkpointer is not None:
             checkpointer.close()
+    summary = summarize(
+        best,
+        population,
+        metric_names=names,
+        selection=config.get("selection", "best"),
+        selection_metric=selection,
+    )
+    with open(os.path.join(workdir, "results.json"), "w") as file:
+        json.dump(summary, file, indent=1)
     return {
+        "summary": summary,
         "best": best,
         "history": history,
         "test_labels": splits["test"].labels,

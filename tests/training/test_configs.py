@@ -60,17 +60,21 @@ def test_config_builds_its_model_and_loss(name):
         assert module.get_config(loss).loss.name == loss
 
 
-def test_main_trains_with_overrides(tmp_path):
-    command = [
-        sys.executable, os.path.join(EXPERIMENTS, "main.py"),
+def _main(*args, cwd=REPO_ROOT):
+    command = [sys.executable, os.path.join(EXPERIMENTS, "main.py"), *args]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_main_trains_with_overrides_prints_a_summary_and_reruns_quietly(tmp_path):
+    args = [
         "--config", os.path.join(EXPERIMENTS, "configs", "digits.py") + ":label_relaxation",
         "--workdir", str(tmp_path),
-        "--config.loss.hyperparameters.alpha=0.2", "--config.num_epochs=1",
-        "--config.num_seeds=1", "--config.model.hidden_sizes=(16,)",
-        "--config.checkpoint_every_epochs=0",
+        "--config.loss.hyperparameters.alpha=0.2", "--config.num_epochs=2",
+        "--config.num_seeds=2", "--config.model.hidden_sizes=(16,)",
     ]  # fmt: skip
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    subprocess.run(command, check=True, cwd=REPO_ROOT, env=env, capture_output=True, timeout=300)
+    first = _main(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
     with open(tmp_path / "config.json") as file:
         config = json.load(file)
     assert config["loss"] == {
@@ -78,4 +82,51 @@ def test_main_trains_with_overrides(tmp_path):
         "hyperparameters": {"alpha": 0.2},
         "schedule": {},
     }
-    assert len(open(tmp_path / "metrics.jsonl").readlines()) == 1
+    assert len(open(tmp_path / "metrics.jsonl").readlines()) == 2
+    with open(tmp_path / "results.json") as file:
+        results = json.load(file)
+    assert [m["seed"] for m in results["models"]] == [0, 1]
+    test_accuracy = [m["test"]["accuracy"] for m in results["models"]]
+    np.testing.assert_allclose(results["mean"]["test"]["accuracy"], np.mean(test_accuracy))
+    assert f"{results['mean']['test']['accuracy']:.4f} ± " in first.stdout
+    # Library INFO lines (Orbax logs dozens per checkpoint) are filtered; the epochs are not.
+    log = first.stderr.splitlines()
+    assert sum("epoch " in line for line in log) == 2
+    assert not any("orbax" in line or "checkpoint_manager" in line for line in log), log[:5]
+    assert len(log) < 10
+    second = _main(*args)
+    assert second.returncode == 0
+    assert "holds a finished run (2 epochs): nothing to train" in second.stderr
+    assert second.stdout == first.stdout
+
+
+def test_main_help_lists_configs_and_losses():
+    result = _main("--help")
+    assert result.returncode == 0
+    assert "digits_lt" in result.stdout and "balanced_noised_topk" in result.stdout
+    assert "--workdir" in result.stdout
+
+
+def test_config_mistakes_fail_before_training_naming_the_field(tmp_path):
+    digits_file = os.path.join(EXPERIMENTS, "configs", "digits.py")
+    result = _main(
+        "--config", digits_file, "--workdir", str(tmp_path / "a"), "--config.optimizer.lr=0.1"
+    )
+    assert result.returncode != 0
+    assert "--config.optimizer.lr: 'optimizer' has no field 'lr'" in result.stderr
+    assert "learning_rate" in result.stderr
+    for override, message in (
+        ("--config.num_seeds=0", "num_seeds must be a positive integer, got 0"),
+        ("--config.num_epochs=-3", "num_epochs must be a positive integer, got -3"),
+        ("--config.batch_size=5000", "batch_size (5000) is larger than the training split"),
+        ("--config.selection_metric=f1", "selection_metric 'f1' is not a metric"),
+    ):
+        workdir = tmp_path / override.split("=")[0][9:]
+        result = _main("--config", digits_file, "--workdir", str(workdir), override)
+        assert result.returncode == 1 and f"FATAL Bad config: {message}" in result.stderr
+        assert "Traceback" not in result.stderr and not workdir.exists()
+    result = _main(
+        "--config", digits_file + ":topk_svm", "--workdir", str(tmp_path / "k"),
+        "--config.loss.hyperparameters.k=10",
+    )  # fmt: skip
+    assert "loss.hyperparameters.k must be in [1, 9] for the 10 classes" in result.stderr

@@ -1,0 +1,114 @@
+"""What the experiment scripts share on the command line: help, flag errors and quiet logs."""
+
+from __future__ import annotations
+
+import glob
+import logging as python_logging
+import os
+import re
+import runpy
+import sys
+
+from absl import app, flags, logging
+
+import jaxloss
+from jaxloss.training import ConfigError
+
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def available_configs() -> list[str]:
+    return sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIGS, "*.py")))
+
+
+def help_epilogue() -> str:
+    """The configs and losses a user can pick, for ``--help``."""
+    return (
+        f"\nConfigs (experiments/configs/<name>.py): {', '.join(available_configs())}."
+        f"\nLosses (the text after ':' in --config): {', '.join(jaxloss.available_losses())}.\n"
+    )
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The value of ``--name=value`` or ``--name value`` in ``argv``."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _unknown_field_message(argv: list[str], error: Exception) -> str | None:
+    """Names the ``--config.<path>=...`` argument that sets a field the config does not have."""
+    match = re.search(r"'([^']+)'", str(error))
+    if match is None:
+        return None
+    name = match.group(1)
+    for arg in argv[1:]:
+        path = arg.split("=", 1)[0]
+        if not path.startswith("--config.") or path.split(".")[-1] != name:
+            continue
+        field = path[len("--config.") :]
+        parent = field.rpartition(".")[0]
+        config_arg = _flag_value(argv, "--config")
+        known = ""
+        if config_arg is not None:
+            file, _, loss = config_arg.partition(":")
+            if os.path.exists(file):
+                config = runpy.run_path(file)["get_config"](*([loss] if loss else []))
+                for part in parent.split(".") if parent else ():
+                    config = config[part]
+                known = f" Its fields: {', '.join(sorted(config.keys()))}."
+        where = f"'{parent}'" if parent else "the config"
+        return f"{path}: {where} has no field {name!r}.{known}"
+    return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with ``--help`` that exits 0 and lists the configs and losses, and a
+    message naming the argument when ``--config.<field>`` names no field (instead of a bare
+    ``AttributeError``)."""
+    if any(arg in ("--help", "-h", "--helpshort", "-?") for arg in argv[1:]):
+        print((sys.modules["__main__"].__doc__ or "") + "\n" + flags.FLAGS.main_module_help())
+        print(help_epilogue())
+        sys.exit(0)
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as error:
+        message = _unknown_field_message(argv, error)
+        if message is None:
+            raise
+        print(f"FATAL Flags parsing error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+class _OwnInfoOnly(python_logging.Filter):
+    """Lets warnings through from everyone, INFO lines only from jaxloss and the scripts (Orbax
+    logs ~30 INFO lines per checkpoint)."""
+
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        if record.levelno >= python_logging.WARNING:
+            return True
+        return f"{os.sep}jaxloss{os.sep}" in record.pathname or record.pathname.startswith(
+            os.path.dirname(CONFIGS)
+        )
+
+
+def quiet_library_logs() -> None:
+    logging.get_absl_handler().addFilter(_OwnInfoOnly())
+
+
+def run(main) -> None:
+    """``app.run`` with :func:`parse_flags`, quiet library logs, and config mistakes reported as
+    one line (the run stops before writing anything) instead of a traceback."""
+    quiet_library_logs()
+
+    def checked_main(argv):
+        try:
+            return main(argv)
+        except ConfigError as error:
+            print(f"FATAL {error}", file=sys.stderr)
+            sys.exit(1)
+
+    app.run(checked_main, flags_parser=parse_flags)
