@@ -19,10 +19,11 @@ import statistics
 import time
 from collections.abc import Callable
 
+import cli
 import jax
 import jax.numpy as jnp
 import optax
-from absl import app, flags
+from absl import flags
 
 import jaxloss
 
@@ -256,4 +257,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, epilogue=f"Groups: {', '.join(CASE_GROUPS)}.")

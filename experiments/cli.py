@@ -65,13 +65,13 @@ def _unknown_field_message(argv: list[str], error: Exception) -> str | None:
     return None
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with ``--help`` that exits 0 and lists the configs and losses, and a
-    message naming the argument when ``--config.<field>`` names no field (instead of a bare
-    ``AttributeError``)."""
+def parse_flags(argv: list[str], *, epilogue: str = "") -> list[str]:
+    """absl's flag parsing, with ``--help`` that exits 0 (absl's exits 1) followed by
+    ``epilogue``, and a message naming the argument when ``--config.<field>`` names no field
+    (instead of a bare ``AttributeError``)."""
     if any(arg in ("--help", "-h", "--helpshort", "-?") for arg in argv[1:]):
         print((sys.modules["__main__"].__doc__ or "") + "\n" + flags.FLAGS.main_module_help())
-        print(help_epilogue())
+        print(epilogue)
         sys.exit(0)
     try:
         return flags.FLAGS(argv)
@@ -99,10 +99,12 @@ def quiet_library_logs() -> None:
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
 
 
-def run(main) -> None:
-    """``app.run`` with :func:`parse_flags`, quiet library logs, and config mistakes reported as
-    one line (the run stops before writing anything) instead of a traceback."""
+def run(main, *, epilogue: str | None = None) -> None:
+    """``app.run`` with :func:`parse_flags` (``--help`` ends with ``epilogue``, by default the
+    configs and losses), quiet library logs, and config mistakes reported as one line (the run
+    stops before writing anything) instead of a traceback."""
     quiet_library_logs()
+    epilogue = help_epilogue() if epilogue is None else epilogue
 
     def checked_main(argv):
         try:
@@ -111,4 +113,4 @@ def run(main) -> None:
             print(f"FATAL {error}", file=sys.stderr)
             sys.exit(1)
 
-    app.run(checked_main, flags_parser=parse_flags)
+    app.run(checked_main, flags_parser=lambda argv: parse_flags(argv, epilogue=epilogue))

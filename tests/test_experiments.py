@@ -62,3 +62,10 @@ def test_benchmark_prints_and_writes_every_row(tmp_path):
     assert len(rows) == 15  # 5 losses x 3 shapes
     assert all(r["ms"] > 0 and r["ce_ms"] > 0 and r["temp_bytes"] >= 0 for r in rows)
     assert stdout.count("| label_relaxation") == 3
+
+
+def test_benchmark_help_lists_its_groups(tmp_path):
+    stdout = _run(
+        [os.path.join(REPO_ROOT, "experiments", "benchmark_losses.py"), "--help"], tmp_path
+    )
+    assert "Groups: registered, closed_form, smooth_topk, noised_topk, exact." in stdout
