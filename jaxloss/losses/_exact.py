@@ -8,27 +8,29 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxloss import _validation
-from jaxloss.ops import gaussian_orthant_probability
+from jaxloss import _autodiff, _validation
+from jaxloss.ops._orthant import check_key, gaussian_orthant_probability
 
 __all__ = ["exact_loss"]
 
 # Added to the variance of the normalization, so that constant logits normalize to 0 (and every
 # class ties) instead of 0/0.
 _NORMALIZE_EPS = 1e-12
-# The difference given to classes excluded by `where`: far beyond where Phi saturates to 1.
-_EXCLUDED = 1e4
 
 
-def _normalize(logits, where, axis_name):
-    """(z - mean) / std over every element (every example and class), unbiased std."""
-    mask = jnp.ones_like(logits, dtype=bool) if where is None else where
-    weights = mask.astype(logits.dtype)
-    count, total = jnp.sum(weights), jnp.sum(weights * logits)
+def _normalize(z, counted, axis_name):
+    """(z - mean) / std with the mean and unbiased std of the ``counted`` elements (all examples).
+
+    Uncounted finite elements (masked classes) are standardized with the same statistics;
+    non-finite ones come back as 0 and must be restored by the caller.
+    """
+    safe = jnp.where(jnp.isfinite(z), z, 0.0)
+    weights = counted.astype(z.dtype)
+    count, total = jnp.sum(weights), jnp.sum(weights * safe)
     if axis_name is not None:
         count, total = lax.psum((count, total), axis_name)
-    mean = total / count
-    centered = logits - mean
+    # An all-masked batch has no statistics; max(count, 1) keeps it (and its zero gradient) finite.
+    centered = safe - total / jnp.maximum(count, 1.0)
     squares = jnp.sum(weights * centered * centered)
     if axis_name is not None:
         squares = lax.psum(squares, axis_name)
@@ -36,13 +38,14 @@ def _normalize(logits, where, axis_name):
     return centered * lax.rsqrt(variance + _NORMALIZE_EPS)
 
 
+@_autodiff.reverse_mode_only
 def exact_loss(
     logits: Any,
     labels: Any,
     *,
-    key: jax.Array | None,
-    temperature: Any = None,
-    margin: float | None = None,
+    key: jax.Array | None = None,
+    temperature: Any = 1.0,
+    margin: Any = None,
     sample_size: int = 16,
     normalize_logits: bool | None = None,
     truncate_classes: int | None = None,
@@ -66,33 +69,54 @@ def exact_loss(
 
     1. with ``normalize_logits`` (default: on when a temperature is given), the logits are
        standardized by the mean and unbiased std of **all** their elements (every example and
-       class, masked classes excluded): :math:`z \leftarrow (z - \bar z) / \sqrt{s^2 + 10^{-12}}`.
-       The :math:`10^{-12}` (a std floor of :math:`10^{-6}`, as in the reference's vision code)
-       keeps constant logits finite: they give :math:`1 - 1/C` and a large but finite gradient. This couples
-       the examples: under ``jit`` the statistics are those of the global (possibly sharded) batch;
+       class): :math:`z \leftarrow (z - \bar z) / \sqrt{s^2 + 10^{-12}}`. The :math:`10^{-12}`
+       (a std floor of :math:`10^{-6}`, as in the reference's vision code) keeps constant logits
+       finite: they give :math:`1 - 1/C` and a large but finite gradient. This couples the
+       examples: under ``jit`` the statistics are those of the global (possibly sharded) batch;
        inside ``shard_map``/``pmap`` they are per device unless ``axis_name`` names the mapped
        axis, which makes them global (the reference uses per-device statistics);
     2. the differences :math:`z_y - z_k` are clipped from above at ``margin`` (in normalized units;
        the gradient still passes at equality) and divided by the temperature, which may be a
        traced, differentiable scalar.
 
+    **Defaults.** The defaults are the paper's recipe at the end of its schedule: normalized logits
+    and ``temperature=1.0`` (the vision runs decay the noise variance to 1) with
+    ``sample_size=16``. The normalization keeps the differences :math:`\mu` of order one whatever
+    the scale the network gives its logits, so no row saturates and every example gets a gradient;
+    unnormalized logits with unit noise saturate once the logits grow past a few units (a badly
+    misclassified row then has loss exactly 1 and gradient exactly 0, and training stalls). To
+    anneal, pass a scheduled temperature (:func:`jaxloss.optim.temperature_schedule`,
+    :func:`jaxloss.optim.variance_schedule`). ``temperature=None`` gives the reference's behaviour
+    without a temperature: noise of std 1 in raw logit units and no normalization.
+
+    **Masks and non-finite logits.** Classes excluded by ``where``, and classes whose logit is
+    :math:`-\infty`, drop out of the competition and of the normalization statistics (value and
+    gradient as if the class did not exist; gradient 0 there). A masked label still enters with
+    its logit; a row with no competitor left has loss 0 and gradient 0. A NaN logit makes its row
+    NaN; NaN and :math:`\pm\infty` are left out of the statistics, and a row holding a NaN takes
+    no part in them in the backward pass either, so the other rows' values and logit gradients
+    stay finite (a shared, differentiated temperature gets a NaN gradient). A :math:`+\infty`
+    logit gives the limit: loss 0 at the label, 1 at a competitor.
+
     The estimate is random: each call draws new uniforms from ``key``. With two classes (or
     ``truncate_classes=1``) and with ``method="quadrature"`` the loss is deterministic and ``key``
-    may be None. As in the reference, in float32 badly misclassified rows (some
-    :math:`\mu_k \lesssim -8`) give exactly loss 1 and zero gradient with ``method="genz"``; a large
-    initial temperature (the recipe starts at 10) and the normalization keep rows out of that
-    regime. Cost is :math:`O(B \cdot N \cdot C^2)`: use ``truncate_classes`` (or the quadrature,
-    :math:`O(B \cdot C)`) for many classes.
+    may be None; otherwise ``key=None`` raises a ValueError. As in the reference, in float32 badly
+    misclassified rows (some :math:`\mu_k \lesssim -8`) give exactly loss 1 and zero gradient with
+    ``method="genz"``. Cost is :math:`O(B \cdot N \cdot C^2)`: use ``truncate_classes`` (or the
+    quadrature, :math:`O(B \cdot C)`) for many classes. The gradient is a custom VJP: use reverse
+    mode; forward mode (``jax.jvp``, ``jax.jacfwd``) raises a TypeError.
 
     Args:
       logits: float array of shape ``(..., C)`` (classes along ``axis``), ``C >= 2``.
       labels: integer array of shape ``(...)``.
-      key: PRNG key of the Monte-Carlo estimate (None only when the loss is deterministic, see
+      key: PRNG key of the Monte-Carlo estimate; required unless the loss is deterministic (see
         above).
-      temperature: noise std :math:`T > 0` (scalar; float or traced array). None means noise of
-        std 1 in raw logit units and no normalization by default.
-      margin: optional upper clip :math:`m` of the differences :math:`z_y - z_k`; requires a
-        temperature.
+      temperature: noise std :math:`T > 0` (scalar; float or traced array, at least the smallest
+        normal number of the compute dtype, about 1.2e-38 in float32). The gradient never forms
+        :math:`T^2`, so it stays finite for tiny temperatures. None means noise of std 1 in raw
+        logit units and no normalization by default (the reference without a temperature).
+      margin: optional upper clip :math:`m` of the differences :math:`z_y - z_k` (float or traced
+        array); requires a temperature.
       sample_size: number of samples N of the Genz estimator.
       normalize_logits: standardize the logits over the whole batch first; None follows the
         reference (on iff a temperature is given).
@@ -100,8 +124,9 @@ def exact_loss(
         example are integrated: an upper bound on accuracy (lower bound on the loss), much cheaper
         for large C.
       axis: the class axis of ``logits``.
-      where: optional boolean mask broadcastable to the logits; False removes a class from the
-        competition and from the normalization statistics.
+      where: optional boolean mask broadcastable to the logits (or of the labels' shape, one flag
+        per example); False removes a class from the competition and from the normalization
+        statistics.
       axis_name: mapped axis name(s) over which the normalization statistics are summed
         (``shard_map``/``pmap``); None uses the local batch.
       method: ``"genz"`` (the reference's estimator) or ``"quadrature"`` (deterministic).
@@ -114,7 +139,7 @@ def exact_loss(
       >>> import jaxloss
       >>> logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 0.5, 0.0]])
       >>> labels = jnp.array([0, 2])
-      >>> loss = jaxloss.exact_loss(logits, labels, key=None, method="quadrature")
+      >>> loss = jaxloss.exact_loss(logits, labels, temperature=None, method="quadrature")
       >>> print(f"{loss[0]:.4f} {loss[1]:.4f}")
       0.0885 0.7413
       >>> loss = jaxloss.exact_loss(
@@ -135,29 +160,47 @@ def exact_loss(
             f"margin={margin} requires a temperature: the margin is in normalized-logit units, "
             "which exist only when a temperature is given."
         )
-    _validation.check_in_range("temperature", temperature, lower=0.0, lower_open=True)
+    _validation.check_in_range("temperature", temperature, lower=float(jnp.finfo(z.dtype).tiny))
     _validation.check_in_range("margin", margin)
-    if truncate_classes is not None:
-        _validation.check_integer("truncate_classes", truncate_classes, lower=1)
-    if normalize_logits is None:
-        normalize_logits = temperature is not None
-    if normalize_logits:
-        z = _normalize(z, where, axis_name)
+    check_key(key, dim=num_classes - 1, truncate_classes=truncate_classes, method=method)
 
     # Columns of the C - 1 competitors of each example, in increasing class order.
     others = jnp.arange(num_classes - 1)
     others = others + (others >= labels[..., None])
+    # -inf is a masked class; NaN and +inf are not, and must reach the result.
+    counted = jnp.isfinite(z)
+    competes = jnp.take_along_axis(z, others, axis=-1) != -jnp.inf
+    if where is not None:
+        counted &= where
+        competes &= jnp.take_along_axis(where, others, axis=-1)
+    if normalize_logits is None:
+        normalize_logits = temperature is not None
+    if normalize_logits:
+        nan = jnp.isnan(z)
+        poisoned = jnp.isnan(jnp.take_along_axis(z, labels[..., None], axis=-1)) | jnp.any(
+            nan if where is None else nan & where, axis=-1, keepdims=True
+        )
+        # Non-finite entries keep their value; a NaN row bypasses the statistics, so its NaN
+        # gradient does not reach the other rows through them.
+        normalized = _normalize(z, counted, axis_name)
+        z = jnp.where(jnp.isfinite(z) & ~poisoned, normalized, z)
+
     z_label = jnp.take_along_axis(z, labels[..., None], axis=-1)
     mu = z_label - jnp.take_along_axis(z, others, axis=-1)
     if margin is not None:
         # An upper clip whose gradient still passes at equality, like torch.clip.
         mu = jnp.where(mu > margin, jnp.asarray(margin, mu.dtype), mu)
     if temperature is not None:
-        mu = mu / jnp.asarray(temperature, mu.dtype)
-    if where is not None:
-        competes = jnp.take_along_axis(where, others, axis=-1)
-        mu = jnp.where(competes, mu, jnp.asarray(_EXCLUDED, mu.dtype))
-    probability = gaussian_orthant_probability(
-        mu, key=key, sample_size=sample_size, truncate=truncate_classes, method=method
+        # 1/T as exp(-log T): its gradient is -1/T times that of log T, so no T^2 underflows to 0
+        # (T < 1e-19 in float32) and the zero gradient of saturated entries does not become NaN.
+        # The double where keeps infinite differences out of the product (0 * inf in backward).
+        inverse = jnp.exp(-jnp.log(jnp.asarray(temperature, mu.dtype)))
+        finite = jnp.isfinite(mu)
+        mu = jnp.where(finite, jnp.where(finite, mu, 0.0) * inverse, mu)
+    # An excluded competitor is one the label always beats.
+    mu = jnp.where(competes, mu, jnp.inf)
+    # The undecorated op: a forward-mode error must name this loss, not the op.
+    probability = gaussian_orthant_probability.__wrapped__(
+        mu, key=key, sample_size=sample_size, truncate_classes=truncate_classes, method=method
     )
     return (1.0 - probability).astype(prepared.out_dtype)

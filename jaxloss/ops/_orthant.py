@@ -12,7 +12,7 @@ import numpy as np
 from jax import lax
 from jax.scipy import special
 
-from jaxloss import _validation
+from jaxloss import _autodiff, _validation
 
 __all__ = ["gaussian_orthant_probability"]
 
@@ -31,6 +31,10 @@ _MIN_BLOCK = 8
 _QUADRATURE_NODES = 96
 _QUADRATURE_MIN_WEIGHT = 1e-17
 _METHODS = ("genz", "quadrature")
+# Entries are clipped to +-_SATURATED: Phi is exactly 0 or 1 (and phi exactly 0) beyond it in every
+# float type, so the clip changes no value and no gradient of a finite entry, and it turns +-inf
+# into their limits (the quadrature's inverse Mills ratio would be inf - inf at -inf).
+_SATURATED = 1e4
 
 
 def _cholesky_constants(dim: int, dtype) -> tuple[jax.Array, jax.Array]:
@@ -161,13 +165,36 @@ def _quadrature_bwd(gradient, cotangent):
 _quadrature.defvjp(_quadrature_fwd, _quadrature_bwd)
 
 
+def check_key(
+    key: Any, *, dim: int, truncate_classes: int | None, method: str, uniforms: Any = None
+) -> int:
+    """Validates ``method`` and ``truncate_classes``; returns the number k of integrated entries.
+
+    Raises the ValueError naming ``key`` when the estimate is random (Genz with k > 1) and neither
+    a key nor uniforms are given, before any work is done.
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}.")
+    k = dim
+    if truncate_classes is not None:
+        k = min(_validation.check_integer("truncate_classes", truncate_classes, lower=1), dim)
+    if key is None and uniforms is None and method == "genz" and k > 1:
+        raise ValueError(
+            "key is required: method='genz' with more than one entry per row is a Monte-Carlo "
+            "estimate; pass key=jax.random.key(...) (or method='quadrature', or "
+            "truncate_classes=1, which are deterministic); got key=None."
+        )
+    return k
+
+
+@_autodiff.reverse_mode_only
 def gaussian_orthant_probability(
     mu: Any,
     *,
     key: jax.Array | None = None,
     sample_size: int = 16,
     uniforms: Any = None,
-    truncate: int | None = None,
+    truncate_classes: int | None = None,
     method: str = "genz",
 ) -> jax.Array:
     r"""Probability that :math:`\mu + w` is positive in every entry, for :math:`w \sim N(0, I + 11^T)`.
@@ -185,25 +212,31 @@ def gaussian_orthant_probability(
     second, unbiased estimator computed in the same pass (one channel per entry, sharing the
     uniforms) and returned through a custom VJP: it is *not* the derivative of the forward
     estimate at fixed uniforms. Memory is :math:`O(N \cdot B \cdot D)`, time
-    :math:`O(N \cdot B \cdot D^2)`. A single entry (``D = 1``, or ``truncate=1``) is computed
-    exactly, :math:`\Phi(\mu/\sqrt 2)`. As in the reference, factors below float precision make
-    hopeless rows exactly 0 with a zero gradient.
+    :math:`O(N \cdot B \cdot D^2)`. A single entry (``D = 1``, or ``truncate_classes=1``) is
+    computed exactly, :math:`\Phi(\mu/\sqrt 2)`. As in the reference, factors below float
+    precision make hopeless rows exactly 0 with a zero gradient.
 
     ``method="quadrature"`` evaluates the 1-D integral above with a Gauss-Hermite rule (52
     nodes) in log space: deterministic, :math:`O(B \cdot D)`, with the gradient of the same rule;
     tiny probabilities stay positive. In float64 it is accurate to ~1e-12, except for long rows
     of near ties (about 1e-8 for 99 entries within 0.1 of each other); float32 gives ~1e-6.
 
+    Both methods take infinite entries as their limits: :math:`+\infty` is a constraint that
+    always holds (it drops out), :math:`-\infty` one that never does (P = 0); the gradient there
+    is 0. A NaN entry makes its row NaN, also under truncation. The gradient is a custom VJP in
+    both methods: use reverse mode (``jax.grad``, ``jax.vjp``); forward mode raises a TypeError.
+
     Args:
       mu: float array of shape ``(..., D)``; the constraints are along the last axis.
-      key: PRNG key for the uniforms (``method="genz"`` with more than one entry, unless
-        ``uniforms`` is given).
+      key: PRNG key for the uniforms. Required by ``method="genz"`` when more than one entry per
+        row is integrated and ``uniforms`` is not given; otherwise it may be None.
       sample_size: number of samples N of the Genz estimator.
-      uniforms: optional uniforms in [0, 1) of shape ``(k, N, ...)`` (k = D, or ``truncate``)
-        that replace the draw; row i drives the i-th smallest entry of ``mu`` (stable sort), so a
-        run can be reproduced exactly across frameworks.
-      truncate: if given, only the ``truncate`` smallest entries of each row are integrated (the
-        others count as certainly positive): an upper bound on P at a fraction of the cost.
+      uniforms: optional uniforms in [0, 1) of shape ``(k, N, ...)`` (k = D, or
+        ``truncate_classes``) that replace the draw; row i drives the i-th smallest entry of
+        ``mu`` (stable sort), so a run can be reproduced exactly across frameworks.
+      truncate_classes: if given, only the ``truncate_classes`` smallest entries of each row are
+        integrated (the others count as certainly positive): an upper bound on P at a fraction of
+        the cost.
       method: ``"genz"`` or ``"quadrature"``.
 
     Returns:
@@ -227,19 +260,17 @@ def gaussian_orthant_probability(
       Karpukhin, Dereka and Kolesnikov, "EXACT: How to Train Your Accuracy", Pattern Recognition
       Letters, 2024.
     """
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}.")
     prepared = _validation.prepare(mu, min_classes=1)
     mu, out_dtype = prepared.logits, prepared.out_dtype
     batch_shape, dim = mu.shape[:-1], mu.shape[-1]
-    k = (
-        dim
-        if truncate is None
-        else min(_validation.check_integer("truncate", truncate, lower=1), dim)
-    )
-    rows = mu.reshape(-1, dim)
+    k = check_key(key, dim=dim, truncate_classes=truncate_classes, method=method, uniforms=uniforms)
+    if method == "genz" and uniforms is None:
+        _validation.check_integer("sample_size", sample_size, lower=1)
+    rows = jnp.clip(mu.reshape(-1, dim), -_SATURATED, _SATURATED)
     if k < dim or method == "genz":
-        order = jnp.argsort(lax.stop_gradient(rows), axis=-1, stable=True)[:, :k]
+        # NaN sorts first, so that truncation keeps it and the row is NaN.
+        keys = lax.stop_gradient(jnp.where(jnp.isnan(rows), -jnp.inf, rows))
+        order = jnp.argsort(keys, axis=-1, stable=True)[:, :k]
         rows = jnp.take_along_axis(rows, order, axis=-1)
     if method == "quadrature":
         return _quadrature(rows).reshape(batch_shape).astype(out_dtype)
@@ -250,20 +281,13 @@ def gaussian_orthant_probability(
             raise ValueError(
                 f"uniforms must have shape (k, N, *batch) = ({k}, N, "
                 f"{', '.join(map(str, batch_shape))}) for mu of shape {mu.shape}"
-                f"{'' if truncate is None else f' and truncate={truncate}'}, "
+                f"{'' if truncate_classes is None else f' and truncate_classes={truncate_classes}'}, "
                 f"got {uniforms.shape}."
             )
         uniforms = uniforms.astype(mu.dtype)
+    elif k == 1:
+        uniforms = jnp.zeros((1, 1, *batch_shape), mu.dtype)
     else:
-        samples = _validation.check_integer("sample_size", sample_size, lower=1)
-        if k == 1:
-            uniforms = jnp.zeros((1, 1, *batch_shape), mu.dtype)
-        elif key is None:
-            raise ValueError(
-                "key is required by method='genz' with more than one entry per row (or pass "
-                "uniforms, or use method='quadrature'); got key=None."
-            )
-        else:
-            uniforms = jax.random.uniform(key, (k, samples, *batch_shape), mu.dtype)
+        uniforms = jax.random.uniform(key, (k, sample_size, *batch_shape), mu.dtype)
     flat_uniforms = uniforms.reshape(k, uniforms.shape[1], -1)
     return _genz(rows, flat_uniforms).reshape(batch_shape).astype(out_dtype)

@@ -41,6 +41,7 @@ def _quadrature_loss(logits, labels, **kwargs):
     "kwargs",
     [
         {},
+        {"temperature": None},
         {"temperature": 0.7},
         {"temperature": 0.5, "margin": 0.3},
         {"temperature": 2.0, "normalize_logits": False},
@@ -51,7 +52,7 @@ def test_quadrature_matches_float64_pipeline(kwargs):
     logits = testing.random_logits(0, (5, 4), scale=1.5)
     labels = testing.random_labels(0, (5,), 4)
     oracle_kwargs = {
-        "temperature": kwargs.get("temperature"),
+        "temperature": kwargs.get("temperature", 1.0),
         "margin": kwargs.get("margin"),
         "normalize": kwargs.get("normalize_logits"),
         "truncate": kwargs.get("truncate_classes"),
@@ -161,14 +162,14 @@ def test_extreme_logits_are_finite(method):
     logits = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4], [5.0, 5.0, 5.0]], np.float32)
     labels = np.array([0, 0, 1])
     key = jax.random.key(0)
-    for kwargs in [{}, {"temperature": 0.01, "margin": 2.0}]:
+    for kwargs in [{"temperature": None}, {"temperature": 0.01, "margin": 2.0}]:
         fn = jax.jit(
             lambda x, kw=kwargs: jaxloss.exact_loss(x, labels, key=key, method=method, **kw)
         )
         testing.assert_finite_value_and_grad(fn, logits)
         # Constant logits normalize to ties: loss 1 - 1/C.
         testing.assert_finite_value_and_grad(fn, np.zeros_like(logits))
-        if kwargs:
+        if kwargs["temperature"] is not None:
             np.testing.assert_allclose(fn(np.zeros_like(logits)), 2 / 3, atol=0.05)
         else:
             # The hopeless row gives loss 1, not NaN.
@@ -180,7 +181,7 @@ def test_bad_inputs():
     labels = np.array([0, 1])
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="margin=1.0 requires a temperature"):
-        jaxloss.exact_loss(logits, labels, key=key, margin=1.0)
+        jaxloss.exact_loss(logits, labels, key=key, temperature=None, margin=1.0)
     with pytest.raises(ValueError, match="temperature must be in"):
         jaxloss.exact_loss(logits, labels, key=key, temperature=0.0)
     with pytest.raises(ValueError, match="key is required"):
@@ -233,3 +234,118 @@ def test_normalization_statistics_are_global_under_sharding():
     jit_err, genz_err, global_err, local_err, local_vs_global = map(float, out.split())
     assert jit_err < 1e-6 and genz_err < 1e-6 and global_err < 1e-6 and local_err < 1e-6
     assert local_vs_global > 1e-3
+
+
+def test_defaults_are_unit_temperature_on_normalized_logits():
+    logits = testing.random_logits(7, (6, 5), scale=4.0).astype(np.float32)
+    labels = testing.random_labels(7, (6,), 5)
+    key = jax.random.key(3)
+    default = jaxloss.exact_loss(logits, labels, key=key)
+    explicit = jaxloss.exact_loss(
+        logits, labels, key=key, temperature=1.0, normalize_logits=True, sample_size=16
+    )
+    np.testing.assert_array_equal(default, explicit)
+    # temperature=None: the old behaviour, unit noise in raw logit units.
+    raw = _quadrature_loss(logits, labels, temperature=None)
+    np.testing.assert_allclose(raw, exact_numpy(logits, labels), atol=2e-6)
+    assert not np.allclose(raw, _quadrature_loss(logits, labels), atol=1e-2)
+
+
+def test_key_is_required_only_when_the_estimate_is_random():
+    logits = np.zeros((2, 3), np.float32)
+    labels = np.array([0, 1])
+    with pytest.raises(ValueError, match=r"key is required.*got key=None"):
+        jaxloss.exact_loss(logits, labels)
+    # Deterministic cases take key=None (the default).
+    # Three tied classes, or one competitor of two.
+    np.testing.assert_allclose(jaxloss.exact_loss(logits, labels, method="quadrature"), 2 / 3)
+    np.testing.assert_allclose(jaxloss.exact_loss(logits, labels, truncate_classes=1), 1 / 2)
+    assert jaxloss.exact_loss(logits[:, :2], labels).shape == (2,)
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-20, 1e-6])
+def test_tiny_temperatures_give_finite_gradients(temperature):
+    logits = testing.random_logits(8, (4, 5)).astype(np.float32)
+    logits[0] = 0.3  # ties: differences of exactly 0 keep a gradient at any temperature
+    labels = testing.random_labels(8, (4,), 5)
+
+    def mean_loss(x, t):
+        return jnp.mean(
+            jaxloss.exact_loss(x, labels, key=jax.random.key(0), temperature=t, margin=1.0)
+        )
+
+    value, (grad_x, grad_t) = jax.jit(jax.value_and_grad(mean_loss, argnums=(0, 1)))(
+        logits, jnp.float32(temperature)
+    )
+    assert np.isfinite(value) and np.all(np.isfinite(grad_x)) and np.isfinite(grad_t)
+    with pytest.raises(ValueError, match="temperature must be in"):
+        jaxloss.exact_loss(logits, labels, key=jax.random.key(0), temperature=1e-45)
+
+
+@pytest.mark.parametrize("method", ["genz", "quadrature"])
+def test_minus_inf_equals_where_with_a_differentiated_temperature(method):
+    logits = testing.random_logits(9, (5, 6)).astype(np.float32)
+    labels = np.array([0, 1, 2, 3, 4])
+    masked = np.zeros((5, 6), bool)
+    masked[[0, 1, 3], [5, 0, 1]] = True
+
+    def value_and_grad(x, where=None):
+        def mean_loss(x, t):
+            losses = jaxloss.exact_loss(
+                x,
+                labels,
+                key=jax.random.key(1),
+                temperature=t,
+                margin=2.0,
+                where=where,
+                method=method,
+            )
+            return jnp.mean(losses)
+
+        return jax.value_and_grad(mean_loss, argnums=(0, 1))(x, 0.7)
+
+    value_inf, (grad_inf, t_inf) = value_and_grad(np.where(masked, -np.inf, logits))
+    value_where, (grad_where, t_where) = value_and_grad(logits, where=~masked)
+    np.testing.assert_allclose(value_inf, value_where, rtol=1e-6)
+    np.testing.assert_allclose(grad_inf, grad_where, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(t_inf, t_where, rtol=1e-5)
+    np.testing.assert_array_equal(grad_inf[masked], 0.0)
+
+
+@pytest.mark.parametrize("truncate_classes", [None, 2])
+def test_nan_row_does_not_reach_the_other_rows_through_the_statistics(truncate_classes):
+    logits = testing.random_logits(10, (4, 6)).astype(np.float32)
+    labels = np.array([0, 1, 2, 3])
+    poisoned = logits.copy()
+    poisoned[2, 4] = np.nan
+
+    def losses(x):
+        return jaxloss.exact_loss(
+            x, labels, key=jax.random.key(2), truncate_classes=truncate_classes
+        )
+
+    value = losses(poisoned)
+    grad = jax.grad(lambda x: jnp.sum(losses(x)))(poisoned)
+    assert np.isnan(value[2])
+    rest = np.array([0, 1, 3])
+    assert np.all(np.isfinite(value[rest])) and np.all(np.isfinite(grad[rest]))
+    # NaN stays out of the statistics: the other rows see the batch without that entry.
+    where = np.ones((4, 6), bool)
+    where[2, 4] = False
+    masked = jaxloss.exact_loss(
+        logits, labels, key=jax.random.key(2), truncate_classes=truncate_classes, where=where
+    )
+    np.testing.assert_allclose(value[rest], masked[rest], rtol=1e-6)
+
+
+def test_forward_mode_names_the_loss():
+    logits = testing.random_logits(11, (2, 4)).astype(np.float32)
+    labels = np.array([0, 3])
+    for kwargs in [{"key": jax.random.key(0)}, {"method": "quadrature"}]:
+        with pytest.raises(TypeError, match=r"jaxloss\.exact_loss supports reverse-mode"):
+            jax.jacfwd(lambda x, kw=kwargs: jaxloss.exact_loss(x, labels, **kw))(logits)
+
+
+def test_old_keyword_truncate_is_gone():
+    with pytest.raises(TypeError, match="truncate"):
+        jaxloss.ops.gaussian_orthant_probability(np.zeros((1, 3)), truncate=1)

@@ -71,7 +71,7 @@ def _value_and_grad(mu, **kwargs):
 
 
 _genz_value_and_grad = jax.jit(lambda mu, u: _value_and_grad(mu, uniforms=u))
-_genz_truncated = jax.jit(lambda mu, u: _value_and_grad(mu, uniforms=u, truncate=3))
+_genz_truncated = jax.jit(lambda mu, u: _value_and_grad(mu, uniforms=u, truncate_classes=3))
 _quadrature_value_and_grad = jax.jit(lambda mu: _value_and_grad(mu, method="quadrature"))
 
 
@@ -128,7 +128,9 @@ def test_single_entry_is_exact_without_key():
     with jax.enable_x64(True):
         p, g = jax.jit(_value_and_grad)(mu)
         per_row = gaussian_orthant_probability(mu)
-        truncated = gaussian_orthant_probability(np.concatenate([mu, mu + 1], 1), truncate=1)
+        truncated = gaussian_orthant_probability(
+            np.concatenate([mu, mu + 1], 1), truncate_classes=1
+        )
     want = stats.norm.cdf(mu[:, 0] / math.sqrt(2))
     np.testing.assert_allclose(per_row, want, rtol=1e-13)
     np.testing.assert_allclose(truncated, want, rtol=1e-13)
@@ -221,15 +223,46 @@ def test_bad_inputs():
     mu = np.zeros((2, 3), np.float32)
     with pytest.raises(ValueError, match="method"):
         gaussian_orthant_probability(mu, method="mc")
-    with pytest.raises(ValueError, match="key is required"):
+    with pytest.raises(ValueError, match=r"key is required.*got key=None"):
         gaussian_orthant_probability(mu)
+    with pytest.raises(ValueError, match="key is required"):
+        gaussian_orthant_probability(mu, truncate_classes=2)
     with pytest.raises(
         ValueError, match=r"uniforms must have shape \(k, N, \*batch\) = \(3, N, 2\)"
     ):
         gaussian_orthant_probability(mu, uniforms=np.zeros((2, 4, 2)))
-    with pytest.raises(ValueError, match="truncate"):
-        gaussian_orthant_probability(mu, key=jax.random.key(0), truncate=0)
+    with pytest.raises(ValueError, match="truncate_classes"):
+        gaussian_orthant_probability(mu, key=jax.random.key(0), truncate_classes=0)
     with pytest.raises(ValueError, match="sample_size"):
         gaussian_orthant_probability(mu, key=jax.random.key(0), sample_size=0)
     with pytest.raises(TypeError, match="floating-point"):
         gaussian_orthant_probability(np.zeros((2, 3), np.int32), method="quadrature")
+
+
+@pytest.mark.parametrize("method", ["genz", "quadrature"])
+def test_infinite_entries_are_their_limits_and_nan_rows_stay_nan(method):
+    mu = np.array([[0.3, np.inf, -0.5], [0.3, -np.inf, -0.5], [np.nan, 0.3, -0.5]], np.float32)
+    key = jax.random.key(0)
+    fn = lambda x, t=None: gaussian_orthant_probability(  # noqa: E731
+        x, key=key, method=method, truncate_classes=t
+    )
+    p, g = jax.value_and_grad(lambda x: jnp.sum(fn(x)[:2]))(mu)
+    # +inf always holds: the row equals one with an entry far past saturation; -inf never does.
+    np.testing.assert_allclose(fn(mu)[0], fn(np.where(mu == np.inf, 50.0, mu))[0], rtol=1e-6)
+    if method == "quadrature":
+        np.testing.assert_allclose(fn(mu)[0], fn(mu[:1, [0, 2]])[0], rtol=1e-6)
+    assert fn(mu)[1] == 0.0
+    assert np.all(np.isfinite(g[:2])) and g[0, 1] == 0.0 and g[1, 1] == 0.0
+    # NaN is sorted first, so truncation keeps it.
+    assert np.isnan(fn(mu)[2]) and np.isnan(fn(mu, 1)[2]) and np.isnan(fn(mu, 2)[2])
+
+
+@pytest.mark.parametrize("method", ["genz", "quadrature"])
+def test_forward_mode_names_the_op(method):
+    mu = np.zeros((2, 3), np.float32)
+    with pytest.raises(
+        TypeError, match=r"jaxloss\.gaussian_orthant_probability supports reverse-mode"
+    ):
+        jax.jacfwd(lambda x: gaussian_orthant_probability(x, key=jax.random.key(0), method=method))(
+            mu
+        )
