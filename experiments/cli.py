@@ -101,15 +101,15 @@ def quiet_library_logs() -> None:
 
 def run(main, *, epilogue: str | None = None) -> None:
     """``app.run`` with :func:`parse_flags` (``--help`` ends with ``epilogue``, by default the
-    configs and losses), quiet library logs, and config mistakes reported as one line (the run
-    stops before writing anything) instead of a traceback."""
+    configs and losses), quiet library logs, and config mistakes and missing data reported in a
+    few lines (the run stops before writing anything) instead of a traceback."""
     quiet_library_logs()
     epilogue = help_epilogue() if epilogue is None else epilogue
 
     def checked_main(argv):
         try:
             return main(argv)
-        except ConfigError as error:
+        except (ConfigError, FileNotFoundError) as error:
             print(f"FATAL {error}", file=sys.stderr)
             sys.exit(1)
 

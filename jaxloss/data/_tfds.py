@@ -19,15 +19,13 @@ _VALIDATION_FRACTION = 0.1
 
 def _not_prepared_message(name: str, data_dir: str | None) -> str:
     dir_flag = f" --data_dir={data_dir}" if data_dir else ""
-    dir_arg = f", data_dir={data_dir!r}" if data_dir else ""
     return (
         f"tfds dataset {name!r} is not prepared in the ArrayRecord format"
         f"{' under ' + data_dir if data_dir else ' in the default tfds data_dir'}. "
-        f"On a machine with network access, prepare it with\n"
-        f"    tfds build {name} --file_format=array_record{dir_flag}\n"
-        f"or, in Python,\n"
-        f"    import tensorflow_datasets as tfds; tfds.data_source({name!r}{dir_arg})\n"
-        f"and copy the data directory here if this machine is offline."
+        "Prepare it once on a machine with network access, in this project's environment:\n"
+        f"    pip install 'jaxloss[prepare]' && tfds build {name} --file_format=array_record"
+        f"{dir_flag}\n"
+        "and copy the data directory here if this machine is offline."
     )
 
 
@@ -43,8 +41,9 @@ def _read(name: str, tfds_split: str, data_dir: str | None):
     try:
         source = tfds.data_source(name, split=tfds_split, data_dir=data_dir, download=False)
         info = tfds.builder(name, data_dir=data_dir).info
-    except Exception as err:  # tfds reports a missing dataset in many ways, none of them clear
-        raise FileNotFoundError(_not_prepared_message(name, data_dir)) from err
+    except Exception:  # tfds reports a missing dataset in many ways, none of them clear
+        # The causes tfds chains (tens of lines) say the same less clearly.
+        raise FileNotFoundError(_not_prepared_message(name, data_dir)) from None
     # One record at a time: tfds' mock data source does not implement batched __getitems__.
     records = [source[i] for i in range(len(source))]
     shape = info.features["image"].shape

@@ -67,3 +67,36 @@ def test_cifar_constants_are_used():
 def test_unprepared_dataset_names_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"tfds build mnist --file_format=array_record"):
         data.load("mnist", split="train", data_dir=str(tmp_path))
+    try:
+        data.load("mnist", split="train", data_dir=str(tmp_path))
+    except FileNotFoundError as error:
+        assert "pip install 'jaxloss[prepare]'" in str(error)
+        assert error.__cause__ is None and error.__suppress_context__  # no chained tfds noise
+
+
+def test_main_on_an_unprepared_dataset_fails_in_a_few_lines_and_writes_nothing(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.testing import REPO_ROOT
+
+    workdir = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO_ROOT, "experiments", "main.py"),
+            "--config",
+            os.path.join(REPO_ROOT, "experiments", "configs", "mnist.py"),
+            f"--workdir={workdir}",
+            f"--config.data.data_dir={tmp_path / 'no_data'}",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert result.returncode == 1
+    assert "tfds build mnist --file_format=array_record" in result.stderr
+    assert len(result.stderr.splitlines()) < 10 and "Traceback" not in result.stderr
+    assert not workdir.exists()
