@@ -44,7 +44,7 @@ def _exact_temperature(*, num_epochs, steps_per_epoch, initial_variance, min_var
 def _injected_noise(shape, rng, hyperparameters):
     """The noised top-k losses' standard-normal draws, one set per example: they shard with it."""
     draws = rng.standard_normal(tuple(shape) + (hyperparameters["sample_size"],))
-    return {"noise": jnp.asarray(draws, jnp.float32)}
+    return {"noise": jnp.asarray(draws, jnp.float32), "key": None}
 
 
 def _quadrature(shape, rng, hyperparameters):
