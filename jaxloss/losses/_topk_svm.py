@@ -24,6 +24,8 @@ _FAR_BELOW = 200.0
 
 
 class _Rows(NamedTuple):
+    """The validated batch as both losses read it, classes last."""
+
     inputs: _validation.Prepared
     scores: jax.Array  # (..., C)
     is_label: jax.Array  # (..., C)
