@@ -9,6 +9,7 @@ __all__ = ["reverse_mode_only"]
 
 # What JAX says when jvp meets a jax.custom_vjp function.
 _JAX_MESSAGE = "can't apply forward-mode autodiff (jvp) to a custom_vjp function"
+_OWN_MESSAGE = "supports reverse-mode differentiation only"
 
 
 def reverse_mode_only(fn: Callable) -> Callable:
@@ -19,15 +20,20 @@ def reverse_mode_only(fn: Callable) -> Callable:
     inside the op. This re-raises that error naming the public function and the way out.
     """
 
+    namespace = "jaxloss.ops" if fn.__module__.startswith("jaxloss.ops") else "jaxloss"
+    public_name = f"{namespace}.{fn.__name__}"
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except TypeError as error:
-            if _JAX_MESSAGE not in str(error):
+            # An inner reverse-mode-only function may have named itself already: the user called
+            # this one, so name this one.
+            if _JAX_MESSAGE not in str(error) and _OWN_MESSAGE not in str(error):
                 raise
             raise TypeError(
-                f"jaxloss.{fn.__name__} supports reverse-mode differentiation only (jax.grad, "
+                f"{public_name} {_OWN_MESSAGE} (jax.grad, "
                 "jax.vjp, jax.jacrev): its gradient is a custom VJP. Forward mode (jax.jvp, "
                 "jax.jacfwd, jax.hessian) is not available; use jax.grad or jax.jacrev instead."
             ) from error

@@ -199,8 +199,7 @@ def exact_loss(
         mu = jnp.where(finite, jnp.where(finite, mu, 0.0) * inverse, mu)
     # An excluded competitor is one the label always beats.
     mu = jnp.where(competes, mu, jnp.inf)
-    # The undecorated op: a forward-mode error must name this loss, not the op.
-    probability = gaussian_orthant_probability.__wrapped__(
+    probability = gaussian_orthant_probability(
         mu, key=key, sample_size=sample_size, truncate_classes=truncate_classes, method=method
     )
     return (1.0 - probability).astype(prepared.out_dtype)

@@ -34,8 +34,7 @@ def _hinge_parts(prepared, k, epsilon, sample_size, key, noise, axis):
     # The op takes the logits in their own layout so that injected noise keeps the caller's axes.
     logits = jnp.moveaxis(prepared.logits - center[..., None], -1, axis)
     where = None if prepared.where is None else jnp.moveaxis(prepared.where, -1, axis)
-    # The undecorated op, so that a forward-mode error names the loss, not noised_topk.
-    threshold = noised_topk.__wrapped__(
+    threshold = noised_topk(
         logits,
         k=k + 1,
         epsilon=epsilon,

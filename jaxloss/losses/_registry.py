@@ -74,7 +74,11 @@ _SPECS = (
         "smooth_topk_svm",
         smooth_topk_svm_loss,
         defaults={"k": 5},
-        ranges={"tau": Range(0.05, 5.0), "alpha": Range(0.1, 2.0)},
+        ranges={
+            "tau": Range(0.05, 5.0),
+            "alpha": Range(0.1, 2.0),
+            "hard_threshold": Range(10.0, 1e4),
+        },
         tuned=("tau",),
     ),
     LossSpec(

@@ -221,8 +221,7 @@ def smooth_topk_svm_loss(
         x = scores / (k * tau)
         lowest = jnp.min(x, axis=-1, keepdims=True, where=finite, initial=jnp.inf)
         floor = jax.lax.stop_gradient(jnp.where(lowest == jnp.inf, 0.0, lowest)) - _FAR_BELOW
-        # The undecorated op, so that a forward-mode error names this loss, not log_esf.
-        log_sigma = _esf.log_esf.__wrapped__(jnp.where(rows.competes, x, floor), k)
+        log_sigma = _esf.log_esf(jnp.where(rows.competes, x, floor), k)
         log_ratio = (
             alpha / tau + log_sigma[..., k] - log_sigma[..., k - 1] - label_score / (k * tau)
         )

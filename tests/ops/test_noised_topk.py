@@ -290,5 +290,5 @@ def test_traced_epsilon_equals_a_loop():
 
 def test_forward_mode_is_refused_by_name():
     x = jnp.asarray(testing.random_logits(19, (2, 5), dtype=np.float32))
-    with pytest.raises(TypeError, match=r"jaxloss\.noised_topk supports reverse-mode"):
+    with pytest.raises(TypeError, match=r"jaxloss\.ops\.noised_topk supports reverse-mode"):
         jax.jacfwd(lambda x: noised_topk(x, k=2, key=jax.random.key(0)))(x)

@@ -261,7 +261,7 @@ def test_infinite_entries_are_their_limits_and_nan_rows_stay_nan(method):
 def test_forward_mode_names_the_op(method):
     mu = np.zeros((2, 3), np.float32)
     with pytest.raises(
-        TypeError, match=r"jaxloss\.gaussian_orthant_probability supports reverse-mode"
+        TypeError, match=r"jaxloss\.ops\.gaussian_orthant_probability supports reverse-mode"
     ):
         jax.jacfwd(lambda x: gaussian_orthant_probability(x, key=jax.random.key(0), method=method))(
             mu
