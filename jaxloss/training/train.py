@@ -336,15 +336,23 @@ def make_steps(
     """
     num_epochs = config.num_epochs
     tx = make_optimizer(config.optimizer, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
-    abstract = nnx.eval_shape(
-        lambda: build_model(config.model, num_classes, input_shape, nnx.Rngs(0))
-    )
-    graphdef, _, _ = nnx.split(abstract, nnx.Param, ...)
     spec = loss_spec(config.loss.name)
     # An unset (None) hyperparameter takes the loss's own default.
     loss_hyperparameters = {
         k: v for k, v in config.loss.get("hyperparameters", {}).items() if v is not None
     }
+
+    def build(rngs):
+        # A cosine head's scale is part of the model's structure (its graphdef), not its state.
+        return build_model(
+            config.model,
+            num_classes,
+            input_shape,
+            rngs,
+            cosine_scale=spec.scale(loss_hyperparameters),
+        )
+
+    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build(nnx.Rngs(0))), nnx.Param, ...)
     # Fail on a bad loss name or hyperparameter now, not inside the first trace.
     get_loss(spec.name, class_counts=class_counts, **loss_hyperparameters)
     # Hyperparameters that follow a schedule of the step (EXACT's temperature).
@@ -360,14 +368,7 @@ def make_steps(
     augment = config.data.get("augment", False)
 
     def init_one(key):
-        model = build_model(
-            config.model,
-            num_classes,
-            input_shape,
-            nnx.Rngs(key),
-            cosine_scale=spec.scale(loss_hyperparameters),
-        )
-        _, params, rest = nnx.split(model, nnx.Param, ...)
+        _, params, rest = nnx.split(build(nnx.Rngs(key)), nnx.Param, ...)
         return {"params": params, "rest": rest, "opt": tx.init(params), "step": jnp.int32(0)}
 
     def train_one(state, batch, key, member):

@@ -233,7 +233,7 @@ def _diverging_config():
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(
-        FloatingPointError, match=r"at step (\d+) \(epoch 1, seed index 0\)"
+        FloatingPointError, match=r"at step (\d+) \(epoch 1, model index 0\)"
     ) as info:
         train_and_evaluate(_diverging_config(), str(tmp_path))
     assert "last good checkpoint (epoch 0)" in str(info.value)
