@@ -9,10 +9,12 @@ ranking. The protocol is in ``comparison.py``, the report in ``report.py``.
 
 import importlib
 import os
+import shutil
 import time
 
 import cli
 import comparison
+import jax
 import report
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -23,6 +25,12 @@ _CONFIG = config_flags.DEFINE_config_file(
     "The comparison grid.",
 )
 _WORKDIR = flags.DEFINE_string("workdir", "results", "Where tables, plots and run logs go.")
+_README = flags.DEFINE_string(
+    "readme",
+    None,
+    "If set (README.md), replace its comparison table with this run's and copy the plots it shows "
+    "into docs/, so that no figure in it is copied by hand.",
+)
 
 
 def main(argv):
@@ -31,6 +39,10 @@ def main(argv):
     # One line per cell instead of the training loop's per-epoch log lines.
     logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
+    # The setups share models and shapes, so most cells compile programs another cell already
+    # compiled: a persistent cache turns those compiles into disk reads.
+    jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, ".jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     start = time.perf_counter()
     cells = []
     for setup in config.setups:
@@ -72,6 +84,16 @@ def main(argv):
         long_tail_setup=config.long_tail_setup,
         header=header,
     )
+    if _README.value:
+        report.update_readme(cells, _README.value)
+        docs = os.path.join(os.path.dirname(os.path.abspath(_README.value)), "docs")
+        for name in (
+            "bars_accuracy.png",
+            "reliability.png",
+            "per_class_recall.png",
+            "sensitivity.png",
+        ):
+            shutil.copy(os.path.join(_WORKDIR.value, name), os.path.join(docs, name))
     print(header)
     print(report.ranking(cells))
     print(f"Tables, the tuning record and plots are in {os.path.abspath(_WORKDIR.value)}")

@@ -48,6 +48,7 @@ class Cell:
 
     setup: str
     loss: str
+    selection_metric: str  # the setup's validation metric: the one it is ranked by
     metrics: dict[str, np.ndarray]  # name -> (num_seeds,)
     per_class_recall: np.ndarray  # (num_seeds, C)
     test_probs: np.ndarray  # (num_seeds, N, C)
@@ -162,6 +163,7 @@ def run_cell(
     return Cell(
         setup=setup,
         loss=loss,
+        selection_metric=config.selection_metric,
         metrics={m: np.asarray(best[f"test/{m}"]) for m in metric_names(k)},
         per_class_recall=np.asarray(best["test/per_class_recall"]),
         test_probs=np.asarray(best["test_probs"]),

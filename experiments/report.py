@@ -41,9 +41,8 @@ def _setups(cells: Sequence[Cell]) -> list[str]:
 
 
 def headline_metric(cells: Sequence[Cell]) -> str:
-    """The metric a setup is ranked by: the tuning's selection metric, else accuracy."""
-    tuned = [c.tuning.metric for c in cells if c.tuning is not None]
-    return tuned[0] if tuned else "accuracy"
+    """The metric a setup is ranked by: its validation selection metric."""
+    return cells[0].selection_metric
 
 
 def ranking(cells: Sequence[Cell]) -> str:
@@ -130,6 +129,51 @@ def tuning_table(cells: Sequence[Cell]) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+README_START = "<!-- comparison table: written by experiments/compare.py --readme -->"
+README_END = "<!-- end of comparison table -->"
+
+
+def summary_table(cells: Sequence[Cell]) -> str:
+    """One row per loss: each setup's ranking metric and ECE (mean ± std over seeds), the best of
+    each column in bold: the README's table."""
+    setups = _setups(cells)
+    losses = list(dict.fromkeys(c.loss for c in cells))
+    columns = [
+        (s, m) for s in setups for m in (headline_metric([c for c in cells if c.setup == s]), "ece")
+    ]
+    found = {(c.setup, c.loss): c for c in cells}
+    best = {}
+    for setup, metric in columns:
+        means = [
+            found[setup, loss].metrics[metric].mean() for loss in losses if (setup, loss) in found
+        ]
+        best[setup, metric] = max(means) if higher_is_better(metric) else min(means)
+    lines = ["| loss | " + " | ".join(f"{s} {m.replace('_', ' ')}" for s, m in columns) + " |"]
+    lines.append("|---" * (len(columns) + 1) + "|")
+    for loss in losses:
+        texts = []
+        for setup, metric in columns:
+            cell = found.get((setup, loss))
+            if cell is None:
+                texts.append("–")
+                continue
+            text = _cell_text(cell.metrics[metric])
+            wins = np.isclose(cell.metrics[metric].mean(), best[setup, metric])
+            texts.append(f"**{text}**" if wins else text)
+        lines.append(f"| {loss} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
+def update_readme(cells: Sequence[Cell], path: str) -> None:
+    """Replaces the README's comparison table (between its markers) with this run's."""
+    with open(path) as f:
+        text = f.read()
+    start, end = text.index(README_START), text.index(README_END)
+    table = summary_table(cells)
+    with open(path, "w") as f:
+        f.write(text[: start + len(README_START)] + "\n" + table + "\n" + text[end:])
 
 
 def write_csv(cells: Sequence[Cell], path: str) -> None:

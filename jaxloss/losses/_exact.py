@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxloss import _autodiff, _validation
+from jaxloss.losses._softmax import label_value
 from jaxloss.ops._orthant import check_key, gaussian_orthant_probability
 
 __all__ = ["exact_loss"]
@@ -177,7 +178,7 @@ def exact_loss(
         normalize_logits = temperature is not None
     if normalize_logits:
         nan = jnp.isnan(z)
-        poisoned = jnp.isnan(jnp.take_along_axis(z, labels[..., None], axis=-1)) | jnp.any(
+        poisoned = jnp.isnan(label_value(z, labels))[..., None] | jnp.any(
             nan if where is None else nan & where, axis=-1, keepdims=True
         )
         # Non-finite entries keep their value; a NaN row bypasses the statistics, so its NaN
@@ -185,8 +186,7 @@ def exact_loss(
         normalized = _normalize(z, counted, axis_name)
         z = jnp.where(jnp.isfinite(z) & ~poisoned, normalized, z)
 
-    z_label = jnp.take_along_axis(z, labels[..., None], axis=-1)
-    mu = z_label - jnp.take_along_axis(z, others, axis=-1)
+    mu = label_value(z, labels)[..., None] - jnp.take_along_axis(z, others, axis=-1)
     if margin is not None:
         # An upper clip whose gradient still passes at equality, like torch.clip.
         mu = jnp.where(mu > margin, jnp.asarray(margin, mu.dtype), mu)

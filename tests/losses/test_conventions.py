@@ -154,3 +154,15 @@ def test_bad_class_counts_are_refused_by_name(spec):
         counts[2] = bad
         with pytest.raises(ValueError, match="class_counts"):
             call(logits, labels, class_counts=counts)
+
+
+def test_readme_lists_exactly_the_reverse_mode_only_losses():
+    import os
+    import re
+
+    with open(os.path.join(testing.REPO_ROOT, "README.md")) as file:
+        readme = file.read()
+    sentence = re.search(r"reverse-mode only: (.*?)\. Second order", readme, re.S).group(1)
+    listed = set(re.findall(r"`(\w+)`", sentence))
+    specs = (jaxloss.loss_spec(name) for name in NAMES)
+    assert listed == {spec.fn.__name__ for spec in specs if spec.reverse_mode_only}

@@ -22,6 +22,7 @@ def _cell(loss, accuracy, ece, setup="digits", num_classes=3, tuning=None):
     return comparison.Cell(
         setup=setup,
         loss=loss,
+        selection_metric="accuracy",
         metrics={"accuracy": np.array(accuracy), "ece": np.array(ece)},
         per_class_recall=rng.uniform(size=(2, num_classes)),
         test_probs=probs,
@@ -141,3 +142,14 @@ def test_tuning_selects_on_validation_and_reports_fresh_seeds(tmp_path):
     assert final["seed"] == 0 and final["optimizer"]["learning_rate"] == pytest.approx(
         cell.tuning.selected["learning_rate"]
     )
+
+
+def test_readme_table_is_replaced_between_its_markers(tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text(f"intro\n{report.README_START}\nold table\n{report.README_END}\noutro\n")
+    report.update_readme(CELLS, str(path))
+    text = path.read_text()
+    assert "old table" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+    table = text[text.index(report.README_START) : text.index(report.README_END)]
+    assert "| loss | digits accuracy | digits ece |" in table
+    assert "| focal | **0.9750 ± 0.0071** | 0.0600 ± 0.0000 |" in table
