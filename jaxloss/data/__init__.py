@@ -1,4 +1,5 @@
-"""Data: embedded and tfds datasets, long-tail and label-noise transforms, batching, augmentation.
+"""Data: embedded and tfds datasets, long-tail and label-noise transforms, batching, augmentation,
+and the per-host streaming input pipeline (random-access sources read by Grain).
 
 Import it explicitly (``import jaxloss.data``); ``import jaxloss`` does not load it.
 """
@@ -16,6 +17,18 @@ from jaxloss.data._dataset import Dataset as Dataset
 from jaxloss.data._dataset import class_counts as class_counts
 from jaxloss.data._load import available_datasets as available_datasets
 from jaxloss.data._load import load as load
+from jaxloss.data._load import load_source as load_source
+from jaxloss.data._pipeline import BatchIterator as BatchIterator
+from jaxloss.data._pipeline import eval_batches as eval_batches
+from jaxloss.data._pipeline import global_batch as global_batch
+from jaxloss.data._pipeline import train_batches as train_batches
+from jaxloss.data._sources import ArrayRecordSource as ArrayRecordSource
+from jaxloss.data._sources import InMemorySource as InMemorySource
+from jaxloss.data._sources import Normalization as Normalization
+from jaxloss.data._sources import Source as Source
+from jaxloss.data._sources import TfdsSource as TfdsSource
+from jaxloss.data._sources import view as view
+from jaxloss.data._sources import write_array_record as write_array_record
 from jaxloss.data._transforms import long_tailed as long_tailed
 from jaxloss.data._transforms import long_tailed_counts as long_tailed_counts
 from jaxloss.data._transforms import with_label_noise as with_label_noise

@@ -66,7 +66,7 @@ def class_counts(dataset: Dataset) -> np.ndarray:
     """Number of examples of each class.
 
     Args:
-      dataset: any :class:`Dataset`.
+      dataset: any :class:`Dataset` or :class:`jaxloss.data.Source` (only its labels are read).
 
     Returns:
       int64 array of shape (num_classes,); classes without examples count 0.

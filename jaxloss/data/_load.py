@@ -5,9 +5,10 @@ from __future__ import annotations
 from jaxloss._validation import check_integer
 from jaxloss.data._dataset import Dataset
 from jaxloss.data._embedded import EMBEDDED_DATASETS, SPLITS, load_embedded
-from jaxloss.data._tfds import TFDS_DATASETS, load_tfds
+from jaxloss.data._sources import InMemorySource, Source
+from jaxloss.data._tfds import TFDS_DATASETS, load_tfds, tfds_source
 
-__all__ = ["available_datasets", "load"]
+__all__ = ["available_datasets", "load", "load_source"]
 
 
 def available_datasets() -> tuple[str, ...]:
@@ -57,11 +58,46 @@ def load(
       >>> ds.features.shape, ds.num_classes
       ((1078, 8, 8, 1), 10)
     """
+    name, split, seed = _check(name, split, seed)
+    if name in EMBEDDED_DATASETS:
+        return load_embedded(name, split=split, seed=seed)
+    return load_tfds(name, split=split, seed=seed, data_dir=data_dir, normalize=normalize)
+
+
+def _check(name: str, split: str, seed: int) -> tuple[str, str, int]:
     if name not in available_datasets():
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}.")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
-    seed = check_integer("seed", seed, lower=0)
+    return name, split, check_integer("seed", seed, lower=0)
+
+
+def load_source(
+    name: str,
+    *,
+    split: str,
+    seed: int = 0,
+    data_dir: str | None = None,
+    normalize: bool = True,
+) -> Source:
+    """The split :func:`load` returns, as a random-access :class:`Source` for the input pipeline.
+
+    Embedded datasets are loaded into memory as by :func:`load` (:class:`InMemorySource`, float32
+    features, identity ``normalization``). tfds datasets are read on demand from their ArrayRecord
+    files, images as uint8; the source's ``normalization`` (a jittable
+    :class:`Normalization`) scales and standardizes them on device exactly as :func:`load` does on
+    the host. Splits, seeds and arguments mean what they mean for :func:`load`.
+
+    Returns:
+      A :class:`Source` whose examples and labels are, in order, those of :func:`load`'s
+      :class:`Dataset` (its features after ``source.normalization``).
+
+    Example:
+      >>> source = load_source("digits", split="test")
+      >>> len(source), source.feature_shape, source.feature_dtype
+      (360, (8, 8, 1), dtype('float32'))
+    """
+    name, split, seed = _check(name, split, seed)
     if name in EMBEDDED_DATASETS:
-        return load_embedded(name, split=split, seed=seed)
-    return load_tfds(name, split=split, seed=seed, data_dir=data_dir, normalize=normalize)
+        return InMemorySource(load_embedded(name, split=split, seed=seed))
+    return tfds_source(name, split=split, seed=seed, data_dir=data_dir, normalize=normalize)

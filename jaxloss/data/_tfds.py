@@ -8,8 +8,9 @@ import numpy as np
 
 from jaxloss.data._constants import IMAGE_STATS
 from jaxloss.data._dataset import Dataset
+from jaxloss.data._sources import Normalization, Source, TfdsSource, view
 
-__all__ = ["TFDS_DATASETS", "load_tfds"]
+__all__ = ["TFDS_DATASETS", "load_tfds", "tfds_source"]
 
 TFDS_DATASETS = tuple(IMAGE_STATS)
 # Share of the official train split held out as the validation split (45k/5k on CIFAR, as in the
@@ -29,9 +30,8 @@ def _not_prepared_message(name: str, data_dir: str | None) -> str:
     )
 
 
-@functools.lru_cache(maxsize=4)
-def _read(name: str, tfds_split: str, data_dir: str | None):
-    """All images (uint8 NHWC), labels and class names of one official split."""
+def _open(name: str, tfds_split: str, data_dir: str | None):
+    """The random-access ``tfds.data_source`` of one official split and the builder's info."""
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
@@ -44,6 +44,13 @@ def _read(name: str, tfds_split: str, data_dir: str | None):
     except Exception:  # tfds reports a missing dataset in many ways, none of them clear
         # The causes tfds chains (tens of lines) say the same less clearly.
         raise FileNotFoundError(_not_prepared_message(name, data_dir)) from None
+    return source, info
+
+
+@functools.lru_cache(maxsize=4)
+def _read(name: str, tfds_split: str, data_dir: str | None):
+    """All images (uint8 NHWC), labels and class names of one official split."""
+    source, info = _open(name, tfds_split, data_dir)
     # One record at a time: tfds' mock data source does not implement batched __getitems__.
     records = [source[i] for i in range(len(source))]
     shape = info.features["image"].shape
@@ -53,15 +60,20 @@ def _read(name: str, tfds_split: str, data_dir: str | None):
     return images, labels, tuple(str(n) for n in label.names)
 
 
+def _split_indices(num_examples: int, split: str, seed: int) -> np.ndarray:
+    """Sorted indices of "train" or "validation" (a seeded 10 %) in the official train split."""
+    perm = np.random.default_rng(seed).permutation(num_examples)
+    n_val = int(round(_VALIDATION_FRACTION * num_examples))
+    return np.sort(perm[:n_val] if split == "validation" else perm[n_val:])
+
+
 def load_tfds(
     name: str, *, split: str, seed: int, data_dir: str | None, normalize: bool
 ) -> Dataset:
     """Loads one split; "validation" is a seeded 10 % of the official train split."""
     images, labels, names = _read(name, "test" if split == "test" else "train", data_dir)
     if split != "test":
-        perm = np.random.default_rng(seed).permutation(len(labels))
-        n_val = int(round(_VALIDATION_FRACTION * len(labels)))
-        idx = np.sort(perm[:n_val] if split == "validation" else perm[n_val:])
+        idx = _split_indices(len(labels), split, seed)
         images, labels = images[idx], labels[idx]
     features = images.astype(np.float32) / 255.0
     metadata = {"seed": seed}
@@ -70,3 +82,24 @@ def load_tfds(
         features = (features - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
         metadata.update(normalize_mean=mean, normalize_std=std)
     return Dataset(features, labels, len(names), names, f"{name}/{split}", metadata)
+
+
+def tfds_source(
+    name: str, *, split: str, seed: int, data_dir: str | None, normalize: bool
+) -> Source:
+    """The split :func:`load_tfds` loads, as a uint8 :class:`Source` read on demand."""
+    source, info = _open(name, "test" if split == "test" else "train", data_dir)
+    mean, std = IMAGE_STATS[name] if normalize else (None, None)
+    metadata = {"seed": seed}
+    if normalize:
+        metadata.update(normalize_mean=mean, normalize_std=std)
+    official = TfdsSource(
+        source,
+        info,
+        name=f"{name}/{split}",
+        normalization=Normalization(255.0, mean, std),
+        metadata=metadata,
+    )
+    if split == "test":
+        return official
+    return view(official, indices=_split_indices(len(official), split, seed))

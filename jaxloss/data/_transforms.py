@@ -8,6 +8,7 @@ import numpy as np
 
 from jaxloss._validation import check_in_range, check_integer
 from jaxloss.data._dataset import Dataset, class_counts
+from jaxloss.data._sources import Source, view
 
 __all__ = ["long_tailed", "long_tailed_counts", "with_label_noise"]
 
@@ -52,22 +53,24 @@ def long_tailed_counts(
 
 
 def long_tailed(
-    dataset: Dataset,
+    dataset: Dataset | Source,
     *,
     imbalance_factor: float,
     kind: str = "exp",
     seed: int = 0,
     max_count: int | None = None,
-) -> Dataset:
+) -> Dataset | Source:
     """Subsamples a dataset to the long-tailed counts of :func:`long_tailed_counts`.
 
     For each class c in ascending order, its positions are shuffled by one
     ``np.random.RandomState(seed)`` (shared across classes, like the reference's seeded global NumPy
     RNG) and the first n_c are kept; the result is stacked class block by class block. The kept
-    examples of a class do not depend on ``imbalance_factor`` or ``kind``, only on ``seed``.
+    examples of a class do not depend on ``imbalance_factor`` or ``kind``, only on ``seed``. Only
+    the labels are read: on a :class:`Source` the result is a view selecting the same examples in
+    the same order as on the :class:`Dataset` of the same examples.
 
     Args:
-      dataset: the (usually balanced) training set.
+      dataset: the (usually balanced) training set, in memory or a source.
       imbalance_factor: n_max / n_min >= 1.
       kind: "exp" or "step".
       seed: seed of the subsampling.
@@ -75,8 +78,8 @@ def long_tailed(
         provide (5000 on the full CIFAR-10 train set).
 
     Returns:
-      A new :class:`Dataset` with ``metadata`` extended by "imbalance_factor" and
-      "long_tail_kind".
+      A new :class:`Dataset` (a new :class:`Source` for a source) with ``metadata`` extended by
+      "imbalance_factor" and "long_tail_kind".
 
     Example:
       >>> ds = Dataset(np.zeros((40, 1)), np.repeat(np.arange(4), 10), 4, tuple("abcd"), "toy")
@@ -95,22 +98,29 @@ def long_tailed(
             f"has only {available.tolist()}."
         )
     rng = np.random.RandomState(check_integer("seed", seed, lower=0))
+    labels = dataset.labels
     kept = []
     for c in range(dataset.num_classes):
-        idx = np.flatnonzero(dataset.labels == c)
+        idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
         kept.append(idx[: counts[c]])
     idx = np.concatenate(kept)
+    name = f"{dataset.name}/lt-{kind}-{imbalance_factor:g}"
+    metadata = {**dataset.metadata, "imbalance_factor": imbalance_factor, "long_tail_kind": kind}
+    if isinstance(dataset, Source):
+        return view(dataset, indices=idx, name=name, metadata=metadata)
     return dataclasses.replace(
         dataset,
         features=dataset.features[idx],
-        labels=dataset.labels[idx],
-        name=f"{dataset.name}/lt-{kind}-{imbalance_factor:g}",
-        metadata={**dataset.metadata, "imbalance_factor": imbalance_factor, "long_tail_kind": kind},
+        labels=labels[idx],
+        name=name,
+        metadata=metadata,
     )
 
 
-def with_label_noise(dataset: Dataset, *, rate: float, block: int = 5, seed: int = 0) -> Dataset:
+def with_label_noise(
+    dataset: Dataset | Source, *, rate: float, block: int = 5, seed: int = 0
+) -> Dataset | Source:
     """Corrupts labels with the smooth top-k protocol (Berrada et al. 2018).
 
     With probability ``rate`` a label l is redrawn uniformly from its block of ``block`` consecutive
@@ -118,14 +128,17 @@ def with_label_noise(dataset: Dataset, *, rate: float, block: int = 5, seed: int
     classes only). The draw may return l itself, so the fraction of labels that change is about
     rate·(1 − 1/block); it is measured and stored as ``metadata["effective_noise_rate"]``.
 
+    On a :class:`Source` the result is a view overriding its labels (features are not read), with
+    the labels the same call gives on the :class:`Dataset` of the same examples.
+
     Args:
-      dataset: the clean dataset.
+      dataset: the clean dataset, in memory or a source.
       rate: corruption probability in [0, 1].
       block: block width >= 1 (5 groups CIFAR-100 into its 20 super-classes).
       seed: seed of the corruption.
 
     Returns:
-      A new :class:`Dataset` with noisy labels; metadata gains "noise_rate", "noise_block" and
+      A new :class:`Dataset` (:class:`Source`) with noisy labels; metadata gains "noise_rate", "noise_block" and
       "effective_noise_rate".
 
     Example:
@@ -144,14 +157,13 @@ def with_label_noise(dataset: Dataset, *, rate: float, block: int = 5, seed: int
     redrawn = base + rng.integers(0, width)
     noisy = np.where(corrupt, redrawn, labels).astype(np.int32)
     effective = float(np.mean(noisy != labels)) if labels.size else 0.0
-    return dataclasses.replace(
-        dataset,
-        labels=noisy,
-        name=f"{dataset.name}/noise-{rate:g}",
-        metadata={
-            **dataset.metadata,
-            "noise_rate": rate,
-            "noise_block": block,
-            "effective_noise_rate": effective,
-        },
-    )
+    name = f"{dataset.name}/noise-{rate:g}"
+    metadata = {
+        **dataset.metadata,
+        "noise_rate": rate,
+        "noise_block": block,
+        "effective_noise_rate": effective,
+    }
+    if isinstance(dataset, Source):
+        return view(dataset, labels=noisy, name=name, metadata=metadata)
+    return dataclasses.replace(dataset, labels=noisy, name=name, metadata=metadata)

@@ -100,3 +100,24 @@ def test_main_on_an_unprepared_dataset_fails_in_a_few_lines_and_writes_nothing(t
     assert "tfds build mnist --file_format=array_record" in result.stderr
     assert len(result.stderr.splitlines()) < 10 and "Traceback" not in result.stderr
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar100"])
+def test_sources_yield_uint8_and_normalize_on_device_like_load(name):
+    shape, _ = EXPECTED[name]
+    with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):
+        for split in ("train", "validation", "test"):
+            source = data.load_source(name, split=split, seed=1)
+            loaded = data.load(name, split=split, seed=1)
+            batch = source.read(np.arange(len(source)))
+            assert source.feature_shape == shape and batch["features"].dtype == np.uint8
+            np.testing.assert_allclose(
+                source.normalization(batch["features"]), loaded.features, rtol=1e-6, atol=1e-6
+            )
+            np.testing.assert_array_equal(batch["labels"], loaded.labels)
+            np.testing.assert_array_equal(source.labels, loaded.labels)
+            assert source.name == loaded.name and source.num_classes == loaded.num_classes
+        raw = data.load_source(name, split="test", normalize=False)
+        first = next(data.train_batches(raw, global_batch_size=4, seed=0))
+    assert first["features"].dtype == np.uint8 and first["features"].shape == (4, *shape)
+    assert raw.normalization == data.Normalization(255.0)

@@ -116,3 +116,48 @@ def test_dataset_validation():
         data.Dataset(np.zeros((3, 1)), np.array([0, 1]), 2, ("a", "b"), "t")
     ds = data.Dataset(np.zeros((2, 1), np.float64), np.array([0, 1], np.int64), 2, ["a", "b"], "t")
     assert ds.features.dtype == np.float32 and ds.labels.dtype == np.int32 and ds.num_examples == 2
+
+
+class _CountingSource(data.InMemorySource):
+    """Counts feature reads, to show that the transforms read labels only."""
+
+    reads = 0
+
+    def _read(self, indices):
+        type(self).reads += 1
+        return super()._read(indices)
+
+
+def test_transforms_on_a_source_match_the_in_memory_ones():
+    ds = _toy(n_per_class=30)
+    source = _CountingSource(ds)
+    lt = data.with_label_noise(data.long_tailed(ds, imbalance_factor=10, seed=3), rate=0.5, seed=2)
+    lt_source = data.with_label_noise(
+        data.long_tailed(source, imbalance_factor=10, seed=3), rate=0.5, seed=2
+    )
+    assert _CountingSource.reads == 0 and isinstance(lt_source, data.Source)
+    np.testing.assert_array_equal(lt_source.labels, lt.labels)
+    batch = lt_source.read(np.arange(len(lt_source)))
+    assert _CountingSource.reads == 1
+    np.testing.assert_array_equal(batch["features"], lt.features)
+    np.testing.assert_array_equal(batch["labels"], lt.labels)
+    assert lt_source.name == lt.name and lt_source.metadata == lt.metadata
+    np.testing.assert_array_equal(data.class_counts(lt_source), data.class_counts(lt))
+
+
+def test_transforms_on_streamed_labels(tmp_path):
+    ds = _toy(n_per_class=20)
+    path = str(tmp_path / "toy.array_record")
+    data.write_array_record(path, ds.features, ds.labels)
+    source = data.ArrayRecordSource(
+        path, feature_shape=(1,), feature_dtype=np.float32, num_classes=4, name="toy"
+    )
+    lt = data.long_tailed(ds, imbalance_factor=4, kind="step", seed=1)
+    lt_source = data.long_tailed(source, imbalance_factor=4, kind="step", seed=1)
+    np.testing.assert_array_equal(
+        lt_source.read(np.arange(len(lt_source)))["features"], lt.features
+    )
+    noisy = data.with_label_noise(lt_source, rate=1.0, block=2, seed=5)
+    np.testing.assert_array_equal(
+        noisy[3]["labels"], data.with_label_noise(lt, rate=1.0, block=2, seed=5).labels[3]
+    )
