@@ -51,8 +51,7 @@ class Cell:
     selection_metric: str  # the setup's validation metric: the one it is ranked by
     metrics: dict[str, np.ndarray]  # name -> (num_seeds,)
     per_class_recall: np.ndarray  # (num_seeds, C)
-    test_probs: np.ndarray  # (num_seeds, N, C)
-    test_labels: np.ndarray  # (N,)
+    test_bins: np.ndarray  # (num_seeds, 3, bins): calibration bins (count, confidence, correct)
     train_class_counts: np.ndarray  # (C,)
     seconds: float
     tuning: Tuning | None
@@ -166,8 +165,7 @@ def run_cell(
         selection_metric=config.selection_metric,
         metrics={m: np.asarray(best[f"test/{m}"]) for m in metric_names(k)},
         per_class_recall=np.asarray(best["test/per_class_recall"]),
-        test_probs=np.asarray(best["test_probs"]),
-        test_labels=np.asarray(out["test_labels"]),
+        test_bins=np.asarray(best["test/bins"]),
         train_class_counts=np.asarray(out["train_class_counts"]),
         seconds=time.perf_counter() - start,
         tuning=chosen,

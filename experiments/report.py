@@ -12,7 +12,7 @@ import numpy as np
 from comparison import Cell
 
 from jaxloss import metrics
-from jaxloss.training.train import higher_is_better
+from jaxloss.training.train import higher_is_better, unstack_bins
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -262,10 +262,8 @@ def plot_reliability(cells: Sequence[Cell], setup: str, losses: Sequence[str], p
         return
     fig, axes = plt.subplots(1, len(found), figsize=(4.2 * len(found), 4.2), squeeze=False)
     for ax, c in zip(axes[0], found, strict=True):
-        seeds = c.test_probs.shape[0]
-        bins = metrics.calibration_bins(
-            c.test_probs.reshape(-1, c.test_probs.shape[-1]), np.tile(c.test_labels, seeds)
-        )
+        seeds = c.test_bins.shape[0]
+        bins = unstack_bins(c.test_bins.sum(axis=0))
         metrics.reliability_diagram(
             bins,
             ax=ax,

@@ -24,12 +24,13 @@ from jaxloss.training import logs
 from jaxloss.training.checkpoint import Checkpointer, CheckpointError
 from jaxloss.training.summary import summarize
 from jaxloss.training.train import (
+    NUM_BINS,
     higher_is_better,
     make_mesh,
     make_population,
     make_steps,
     metric_names,
-    seed_metrics,
+    metrics_from_statistics,
 )
 
 __all__ = ["ConfigError", "load_datasets", "train_and_evaluate"]
@@ -72,34 +73,25 @@ def load_datasets(config: ml_collections.ConfigDict) -> dict[str, data.Dataset]:
     return splits
 
 
-def _logits(steps, state, dataset, *, batch_size) -> np.ndarray:
-    """Every seed's logits on a whole split, (S, N, C)."""
-    chunks = []
-    for batch in data.epoch_batches(dataset, batch_size=batch_size, epoch=0, seed=0, train=False):
-        features = jax.device_put(batch["features"], steps.eval_sharding)
-        chunks.append(np.asarray(steps.evaluate(state, features))[:, batch["mask"]])
-    return np.concatenate(chunks, axis=1)
+def _evaluate(steps, state, splits, *, batch_size, k) -> tuple[dict, dict]:
+    """Metrics of every model on validation and test, and each split's calibration bins.
 
-
-def _evaluate(steps, state, splits, *, batch_size, k) -> tuple[dict, np.ndarray]:
-    """Metrics of every seed on validation and test, and the test logits (S, N, C)."""
-    logits = [_logits(steps, state, splits[split], batch_size=batch_size) for split in SPLITS]
-    sizes = [z.shape[1] for z in logits]
-    # Both splits in one call, told apart by masks, so the metrics compile once.
-    masks = np.repeat(np.eye(len(SPLITS), dtype=bool), sizes, axis=1)
-    values = seed_metrics(
-        np.concatenate(logits, axis=1),
-        np.concatenate([splits[split].labels for split in SPLITS]),
-        masks,
-        num_classes=splits["test"].num_classes,
-        k=k,
-    )
-    record = {
-        f"{split}/{name}": np.asarray(value[i], np.float64)
-        for name, value in values.items()
-        for i, split in enumerate(SPLITS)
-    }
-    return record, logits[SPLITS.index("test")]
+    Each batch's statistics are summed inside the compiled step over the devices (and hosts); the
+    host only adds the small per-batch sums, never holding a split's logits.
+    """
+    record, bins = {}, {}
+    for split in SPLITS:
+        total = None
+        for batch in data.epoch_batches(
+            splits[split], batch_size=batch_size, epoch=0, seed=0, train=False
+        ):
+            statistics = steps.evaluate(state, jax.device_put(batch, steps.eval_sharding))
+            total = statistics if total is None else jax.tree.map(jnp.add, total, statistics)
+        total = jax.device_get(total)
+        for name, value in metrics_from_statistics(total, k=k).items():
+            record[f"{split}/{name}"] = value
+        bins[f"{split}/bins"] = np.asarray(total["bins"], np.float64)
+    return record, bins
 
 
 def _train_epoch(steps, state, train, *, config, epoch, keys, population, num_steps):
@@ -201,35 +193,28 @@ def _check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         json.dump(current, file, indent=2, sort_keys=True)
 
 
-def _empty_best(num_seeds: int, splits: dict, metric_names: list[str]) -> dict:
-    test = splits["test"]
-    best = {"epoch": np.full((num_seeds,), -1, np.int64)}
+def _empty_best(num_models: int, splits: dict, metric_names: list[str]) -> dict:
+    num_classes = splits["test"].num_classes
+    best = {"epoch": np.full((num_models,), -1, np.int64)}
     for split in SPLITS:
         for name in metric_names:
-            shape = (num_seeds, test.num_classes) if name == "per_class_recall" else (num_seeds,)
+            shape = (num_models, num_classes) if name == "per_class_recall" else (num_models,)
             best[f"{split}/{name}"] = np.full(shape, np.nan)
-    best["test_probs"] = np.zeros((num_seeds, test.num_examples, test.num_classes), np.float32)
+        best[f"{split}/bins"] = np.zeros((num_models, 3, NUM_BINS))
     return best
 
 
-def _update_best(
-    best: dict, record: dict, test_logits: np.ndarray, selection: str, *, last: bool = False
-) -> dict:
+def _update_best(best: dict, record: dict, selection: str, *, last: bool = False) -> dict:
     """Keeps, per model, the epoch with the best validation ``selection`` metric (first wins), or
     with ``last`` the latest epoch (a fixed budget, as the label relaxation paper reports)."""
     score = record[f"validation/{selection}"]
     previous = best[f"validation/{selection}"]
     improved = score > previous if higher_is_better(selection) else score < previous
     better = (best["epoch"] < 0) | improved | last
-    updated = {"epoch": np.where(better, record["epoch"], best["epoch"])}
+    updated = {}
     for key, value in best.items():
-        if key in ("epoch", "test_probs"):
-            continue
         mask = better.reshape((-1,) + (1,) * (value.ndim - 1))
         updated[key] = np.where(mask, record[key], value)
-    shifted = np.exp(test_logits - test_logits.max(axis=-1, keepdims=True))
-    probs = (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
-    updated["test_probs"] = np.where(better[:, None, None], probs, best["test_probs"])
     return updated
 
 
@@ -257,12 +242,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         mean ± std (also written to ``workdir/results.json``; see
         :func:`jaxloss.training.summary.format_summary`);
         ``"best"``: the selected epoch of each seed, ``{"epoch": (S,), "validation/<metric>": (S,),
-        "test/<metric>": (S,), "test/per_class_recall": (S, C), "test_probs": (S, N, C)}``
+        "test/<metric>": (S,), "test/per_class_recall": (S, C), "<split>/bins": (S, 3, 15)}``
+        (the calibration bins of the selected epoch: :func:`jaxloss.training.train.unstack_bins`
+        makes them :class:`jaxloss.metrics.CalibrationBins` for a reliability diagram)
         (metrics: accuracy, top{k}_accuracy, balanced_accuracy, macro_top{k}_accuracy, ece, nll);
         ``"history"``: one dict per epoch with ``"epoch"``, ``"train/loss"``,
         ``"train/accuracy"`` and every validation and test metric, each of shape (S,) (per-class
         recall (S, C));
-        ``"test_labels"``: (N,) labels matching ``test_probs``;
         ``"class_names"``, ``"train_class_counts"``: the classes and their training counts;
         ``"config"``: the config as run.
 
@@ -291,8 +277,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             steps_per_epoch=num_steps,
             mesh=mesh,
         )
-        k = config.get("top_k", 5)
-        names = metric_names(min(k, train.num_classes))
+        k = min(config.get("top_k", 5), train.num_classes)
+        names = metric_names(k)
         selection = config.get("selection_metric", "accuracy")
         if selection not in names:
             raise ValueError(
@@ -356,7 +342,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 "train/loss": losses.mean(axis=0, dtype=np.float64),
                 "train/accuracy": accuracies.mean(axis=0, dtype=np.float64),
             }
-            values, test_logits = _evaluate(
+            values, bins = _evaluate(
                 steps,
                 state,
                 splits,
@@ -364,7 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 k=k,
             )
             record.update(values)
-            best = _update_best(best, record, test_logits, selection, last=last_epoch_wins)
+            best = _update_best(best, {**record, **bins}, selection, last=last_epoch_wins)
             history.append(record)
             logger.write(record)
             logging.info(
@@ -400,7 +386,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         "summary": summary,
         "best": best,
         "history": history,
-        "test_labels": splits["test"].labels,
         "class_names": train.class_names,
         "train_class_counts": counts,
         "config": config,

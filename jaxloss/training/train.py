@@ -31,14 +31,15 @@ __all__ = [
     "METRICS",
     "Population",
     "StepFunctions",
-    "compute_metrics",
     "higher_is_better",
     "metric_names",
     "make_mesh",
     "make_optimizer",
     "make_population",
     "make_steps",
-    "seed_metrics",
+    "metric_statistics",
+    "metrics_from_statistics",
+    "unstack_bins",
 ]
 
 SCHEDULES = ("constant", "step", "cosine", "exponential")
@@ -144,7 +145,7 @@ def make_optimizer(
     return optax.chain(*chain)
 
 
-# Every evaluation metric of :func:`compute_metrics` and whether higher is better: the one table
+# Every evaluation metric and whether higher is better: the one table
 # that model selection, tuning, logs and reports read. ``{k}`` stands for the top-k cut-off.
 METRICS = {
     "accuracy": True,
@@ -157,7 +158,7 @@ METRICS = {
 
 
 def metric_names(k: int) -> list[str]:
-    """The scalar metrics of :func:`compute_metrics` for a top-k cut-off of ``k``."""
+    """The scalar metrics of an evaluation for a top-k cut-off of ``k``."""
     return [name.format(k=k) for name in METRICS]
 
 
@@ -228,65 +229,80 @@ def make_population(config: ml_collections.ConfigDict) -> Population:
     return Population(seeds, values)
 
 
-def compute_metrics(
+# ECE bins of the evaluation (the seeds' protocol).
+NUM_BINS = 15
+
+
+def metric_statistics(
     logits: jax.Array, labels: jax.Array, where: jax.Array, *, num_classes: int, k: int
 ) -> dict[str, jax.Array]:
-    """Evaluation metrics of one model on the examples selected by ``where``.
+    """Sufficient statistics of every metric on one batch: sums, merged across batches, devices and
+    hosts by adding, so that no host ever holds a split's logits.
 
     Args:
       logits: (N, C) scores.
       labels: (N,) integer labels.
-      where: (N,) boolean mask of the examples that count.
+      where: (N,) boolean mask of the examples that count (False: padding).
       num_classes: C.
       k: the top-k cut-off (clipped to C).
 
     Returns:
-      ``accuracy``, ``top{k}_accuracy``, ``balanced_accuracy``, ``macro_top{k}_accuracy``, ``ece``
-      (15 bins, softmax probabilities), ``nll`` (mean cross-entropy) and ``per_class_recall`` (C,).
+      ``count``, ``correct`` and ``topk`` per class (C,), ``nll`` (the summed cross-entropy) and
+      ``bins`` (3, NUM_BINS): the calibration bins' counts, confidence sums and correct sums.
     """
     k = min(k, num_classes)
+    weights = where.astype(jnp.float32)
+    labels = jnp.where(where, labels, 0)  # padding rows may hold anything
+
+    def per_class(values):
+        return jax.ops.segment_sum(weights * values, labels, num_classes)
+
     predictions = jnp.argmax(logits, axis=-1)
-    weights = where / jnp.sum(where)
+    bins = metrics.calibration_bins(
+        jax.nn.softmax(logits, axis=-1), labels, n_bins=NUM_BINS, where=where
+    )
     return {
-        "accuracy": jnp.sum(weights * (predictions == labels)),
-        f"top{k}_accuracy": jnp.sum(weights * metrics.topk_accuracy(logits, labels, k=k)),
-        "balanced_accuracy": metrics.balanced_accuracy(
-            predictions, labels, num_classes=num_classes, where=where
-        ),
-        f"macro_top{k}_accuracy": metrics.macro_topk_accuracy(
-            logits, labels, k=k, num_classes=num_classes, where=where
-        ),
-        "ece": metrics.expected_calibration_error(
-            jax.nn.softmax(logits, axis=-1), labels, n_bins=15, where=where
-        ),
+        "count": per_class(jnp.ones_like(weights)),
+        "correct": per_class((predictions == labels).astype(jnp.float32)),
+        "topk": per_class(metrics.topk_accuracy(logits, labels, k=k)),
         "nll": jnp.sum(weights * _softmax.cross_entropy(logits, labels)),
-        "per_class_recall": metrics.per_class_recall(
-            predictions, labels, num_classes=num_classes, where=where
-        ),
+        "bins": jnp.stack([jnp.asarray(b, jnp.float32) for b in bins]),
     }
 
 
-@functools.partial(jax.jit, static_argnames=("num_classes", "k"))
-def seed_metrics(
-    logits: jax.Array, labels: jax.Array, masks: jax.Array, *, num_classes: int, k: int
-) -> dict[str, jax.Array]:
-    """:func:`compute_metrics` of every seed and every subset, in one compiled call.
+def unstack_bins(bins: Any) -> metrics.CalibrationBins:
+    """``bins`` of :func:`metric_statistics` (..., 3, NUM_BINS) as :class:`CalibrationBins`."""
+    bins = np.asarray(bins)
+    return metrics.CalibrationBins(bins[..., 0, :], bins[..., 1, :], bins[..., 2, :])
+
+
+def metrics_from_statistics(statistics: dict[str, Any], *, k: int) -> dict[str, np.ndarray]:
+    """The metrics of :data:`METRICS` (and ``per_class_recall``) from summed statistics.
 
     Args:
-      logits: (S, N, C), one row of logits per seed.
-      labels: (N,) labels shared by the seeds.
-      masks: (M, N) boolean; each row selects the examples of one subset (e.g. one split).
-      num_classes: C.
-      k: the top-k cut-off.
+      statistics: :func:`metric_statistics` summed over batches, with any leading axes (models).
+      k: the top-k cut-off of the names (already clipped to the number of classes).
 
     Returns:
-      The metrics of :func:`compute_metrics`, each with leading axes (M, S).
+      Each metric with the statistics' leading axes; ``per_class_recall`` (..., C), NaN for a
+      class without examples, which the balanced and macro metrics leave out (as sklearn).
     """
-
-    def one(z, mask):
-        return compute_metrics(z, labels, mask, num_classes=num_classes, k=k)
-
-    return jax.vmap(lambda mask: jax.vmap(lambda z: one(z, mask))(logits))(masks)
+    s = {name: np.asarray(value, np.float64) for name, value in statistics.items()}
+    count = s["count"]
+    total = count.sum(axis=-1)
+    present = count > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(present, s["correct"] / count, np.nan)
+        topk_recall = np.where(present, s["topk"] / count, np.nan)
+        return {
+            "accuracy": s["correct"].sum(axis=-1) / total,
+            f"top{k}_accuracy": s["topk"].sum(axis=-1) / total,
+            "balanced_accuracy": np.nanmean(recall, axis=-1),
+            f"macro_top{k}_accuracy": np.nanmean(topk_recall, axis=-1),
+            "ece": np.asarray(metrics.ece_from_bins(unstack_bins(s["bins"]))),
+            "nll": s["nll"] / total,
+            "per_class_recall": recall,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +315,10 @@ class StepFunctions:
       train: ``train(state, batch, keys, member={}) -> (state, stats)``; batch arrays (S, B, ...)
         sharded on B; ``member``: :attr:`Population.values`, each (S,); stats: ``loss`` and
         ``accuracy`` of shape (S,). The input state is donated.
-      evaluate: ``evaluate(state, features) -> logits`` (S, B, C) for one shared batch (B, ...).
+      evaluate: ``evaluate(state, batch) -> statistics`` of every model on one shared batch
+        (``features`` (B, ...), ``labels`` (B,), ``mask`` (B,)): :func:`metric_statistics` with a
+        leading model axis, reduced over the devices (and hosts) inside the compiled call.
+      predict: ``predict(state, features) -> logits`` (S, B, C), what every model's head emits.
       batch_sharding: placement of a training batch (S, B, ...).
       eval_sharding: placement of an evaluation batch (B, ...).
     """
@@ -307,6 +326,7 @@ class StepFunctions:
     init: Callable
     train: Callable
     evaluate: Callable
+    predict: Callable
     batch_sharding: NamedSharding
     eval_sharding: NamedSharding
 
@@ -412,9 +432,19 @@ def make_steps(
         accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
         return new_state, {"loss": loss, "accuracy": accuracy}
 
-    def evaluate_one(state, features):
-        model = nnx.merge(graphdef, state["params"], state["rest"])
-        return model(features, train=False)
+    top_k = config.get("top_k", 5)
+
+    def predict_one(state, features):
+        return nnx.merge(graphdef, state["params"], state["rest"])(features, train=False)
+
+    def evaluate_one(state, batch):
+        return metric_statistics(
+            predict_one(state, batch["features"]),
+            batch["labels"],
+            batch["mask"],
+            num_classes=num_classes,
+            k=top_k,
+        )
 
     replicated = NamedSharding(mesh, P())
     return StepFunctions(
@@ -431,6 +461,7 @@ def make_steps(
             member={},
         ),
         evaluate=jax.jit(jax.vmap(evaluate_one, in_axes=(0, None)), out_shardings=replicated),
+        predict=jax.jit(jax.vmap(predict_one, in_axes=(0, None))),
         batch_sharding=NamedSharding(mesh, P(None, "data")),
         eval_sharding=NamedSharding(mesh, P("data")),
     )

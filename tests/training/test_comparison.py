@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jaxloss
+from jaxloss import metrics
 from tests.training.tiny import digits, tiny_config
 
 # experiments/ is on sys.path once tests.training.tiny is imported, as under experiments/compare.py.
@@ -19,14 +20,15 @@ report = importlib.import_module("report")
 def _cell(loss, accuracy, ece, setup="digits", num_classes=3, tuning=None):
     rng = np.random.default_rng(len(loss))
     probs = rng.dirichlet(np.ones(num_classes), size=(2, 20)).astype(np.float32)
+    labels = rng.integers(0, num_classes, size=20)
+    bins = [np.stack(metrics.calibration_bins(p, labels, n_bins=15)) for p in probs]
     return comparison.Cell(
         setup=setup,
         loss=loss,
         selection_metric="accuracy",
         metrics={"accuracy": np.array(accuracy), "ece": np.array(ece)},
         per_class_recall=rng.uniform(size=(2, num_classes)),
-        test_probs=probs,
-        test_labels=rng.integers(0, num_classes, size=20),
+        test_bins=np.asarray(bins, np.float64),
         train_class_counts=np.array([30, 10, 3]),
         seconds=1.0,
         tuning=tuning,

@@ -40,15 +40,15 @@ def _assert_same_history(got, want, **tolerance):
                 np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def test_result_holds_best_epoch_history_and_probabilities(reference):
+def test_result_holds_best_epoch_history_and_calibration_bins(reference):
     _, result = reference
     best, history = result["best"], result["history"]
     assert len(history) == NUM_EPOCHS
-    num_test, num_classes = len(result["test_labels"]), len(result["class_names"])
+    num_classes = len(result["class_names"])
     assert best["test/accuracy"].shape == (2,)
     assert best["test/per_class_recall"].shape == (2, num_classes)
-    assert best["test_probs"].shape == (2, num_test, num_classes)
-    np.testing.assert_allclose(best["test_probs"].sum(-1), 1.0, rtol=1e-5)
+    assert best["test/bins"].shape == (2, 3, 15)
+    np.testing.assert_array_equal(best["test/bins"][:, 0].sum(-1), 360)  # every test example
     for name in ("accuracy", "top5_accuracy", "balanced_accuracy", "macro_top5_accuracy", "ece"):
         assert np.all((0 <= best[f"test/{name}"]) & (best[f"test/{name}"] <= 1)), name
     assert np.all(best["test/accuracy"] > 0.5)  # it learned something in 4 tiny epochs
@@ -219,7 +219,7 @@ def test_finished_run_restarted_returns_its_results_without_training(reference):
     workdir, result = reference
     again = train_and_evaluate(_config(), workdir)
     _assert_same_history(again["history"], result["history"])
-    np.testing.assert_array_equal(again["best"]["test_probs"], result["best"]["test_probs"])
+    np.testing.assert_array_equal(again["best"]["test/bins"], result["best"]["test/bins"])
 
 
 def _diverging_config():
@@ -275,9 +275,10 @@ def test_probability_metrics_of_cosine_heads_see_the_scaled_logits(tmp_path):
     config = tiny_config("ldam")
     assert config.model.head == "cosine"
     out = train_and_evaluate(config, str(tmp_path))
-    probs = out["best"]["test_probs"][0]
-    # softmax of raw cosines in [-1, 1] over 10 classes could not exceed e^2 / (e^2 + 9 e^-2) ~ 0.86.
-    assert probs.max() > 0.9
+    count = out["best"]["test/bins"][0, 0]
+    # softmax of raw cosines in [-1, 1] over 10 classes could not exceed e^2 / (e^2 + 9 e^-2) ~ 0.86,
+    # so the top bin [14/15, 1] would stay empty.
+    assert count[-1] > 0
 
 
 def test_selection_follows_validation_when_test_and_last_epoch_disagree():
@@ -290,17 +291,16 @@ def test_selection_follows_validation_when_test_and_last_epoch_disagree():
         "epoch": np.array([-1]),
         "validation/accuracy": np.array([-np.inf]),
         "test/accuracy": np.array([np.nan]),
-        "test_probs": np.zeros((1, 2, 3), np.float32),
+        "test/bins": np.zeros((1, 3, 15)),
     }
     for epoch, (v, t) in enumerate(zip(validation, test, strict=True)):
         record = {
             "epoch": np.array([epoch]),
             "validation/accuracy": np.array([v]),
             "test/accuracy": np.array([t]),
+            "test/bins": np.full((1, 3, 15), float(epoch)),
         }
-        logits = np.full((1, 2, 3), float(epoch))
-        logits[..., 0] += 1.0
-        best = _update_best(best, record, logits, "accuracy")
+        best = _update_best(best, record, "accuracy")
     assert best["epoch"][0] == 1
     assert best["test/accuracy"][0] == 0.6
-    np.testing.assert_allclose(best["test_probs"].sum(-1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(best["test/bins"], 1.0)  # the bins of the selected epoch

@@ -149,7 +149,7 @@ def test_the_step_feeds_exact_its_scheduled_temperature():
         "labels": rng.integers(0, NUM_CLASSES, (1, 16)).astype(np.int32),
     }
     for temperature in (10.0, 10.0**0.5):  # one step per epoch: epochs 0 and 1 of 2
-        logits = steps.evaluate(state, batch["features"][0])[0]
+        logits = steps.predict(state, batch["features"][0])[0]
         want = jaxloss.exact_loss(
             logits, batch["labels"][0], temperature=temperature, method="quadrature"
         ).mean()
