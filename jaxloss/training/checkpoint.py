@@ -1,48 +1,196 @@
-"""Orbax checkpoints of a run: the training state, the best epoch so far and the metric history.
+"""Orbax checkpoints of a run: the training state, the best epoch so far, the metric history and
+the run's config, each verified when restored.
 
-The state is saved as a flat dict of its leaves, so the on-disk layout does not depend on how Flax
-names pytree nodes, and a restored checkpoint is checked leaf by leaf against the state the current
-config builds: a checkpoint of another model gives an error that says so, not a shape error deep in
-Orbax.
+Arrays are saved as flat dicts keyed by their pytree paths (``jax.tree_util.keystr``), so the
+on-disk layout does not depend on how Flax builds its pytree nodes, and a restore matches arrays by
+name: a checkpoint of another model, or of one whose arrays were renamed or reordered, gives an
+error naming the paths instead of weights loaded into the wrong slots.
+
+Storage can go bad without Orbax noticing (flipped bytes in its data files restore silently), so
+every checkpoint also holds the SHA-256 of each array's bytes and of its history, and a restore
+recomputes them. :meth:`Checkpointer.restore` raises :class:`CheckpointError` on a mismatch;
+:meth:`Checkpointer.restore_latest` instead falls back to the newest intact checkpoint and deletes
+the damaged newer ones (the run trains those epochs again).
+
+The directory may be any ``etils.epath`` path (``gs://`` buckets included). Every method that
+touches the files is collective in multi-process JAX: call it on every process.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
 
-__all__ = ["CheckpointError", "Checkpointer"]
+__all__ = ["COSMETIC_CONFIG_FIELDS", "CheckpointError", "Checkpointer", "config_differences"]
+
+# Settings that change how a run is watched, not what it computes: they may differ on resume.
+COSMETIC_CONFIG_FIELDS = frozenset({"progress_bar", "log_every_steps", "stop_on_nan"})
+# How many paths an error message lists before it only counts the rest.
+_MAX_LISTED = 5
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be restored into the current run (corrupt or incompatible)."""
 
 
+class _DamagedCheckpointError(CheckpointError):
+    """A checkpoint whose files cannot be read or no longer match their checksums."""
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """The top-level fields in which two JSON-able run configs differ, cosmetic ones aside.
+
+    Values are compared as JSON, so a tuple equals the list it is saved as and NaN equals NaN.
+
+    >>> config_differences({"seed": 0, "progress_bar": True}, {"seed": 1, "progress_bar": False})
+    ['seed']
+    >>> config_differences({"model": {"sizes": [16]}}, {"model": {"sizes": (16,)}, "new": 1})
+    ['new']
+    """
+    return sorted(
+        key
+        for key in set(saved) | set(current)
+        if key not in COSMETIC_CONFIG_FIELDS
+        and json.dumps(saved.get(key), sort_keys=True)
+        != json.dumps(current.get(key), sort_keys=True)
+    )
+
+
 def _flatten(tree: Any) -> dict[str, Any]:
-    return {f"{i:05d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
+    """The leaves of ``tree`` keyed by their paths, in leaf order.
+
+    >>> list(_flatten({"b": [1, 2], "a": {"w": 3}}))
+    ["['a']['w']", "['b'][0]", "['b'][1]"]
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
+
+
+def _absolute(directory: str | os.PathLike) -> epath.Path:
+    """``directory`` as a path; local ones are made absolute, URLs are kept as they are.
+
+    >>> str(_absolute("gs://bucket/run/checkpoints"))
+    'gs://bucket/run/checkpoints'
+    >>> _absolute("run").is_absolute()
+    True
+    """
+    if "://" in os.fspath(directory):
+        return epath.Path(directory)
+    return epath.Path(os.path.abspath(directory))
+
+
+def _host_value(leaf: Any) -> np.ndarray:
+    """The whole value of ``leaf`` on this host (collective for arrays split across processes)."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        if leaf.is_fully_replicated:
+            return np.asarray(leaf.addressable_data(0))
+        return multihost_utils.process_allgather(leaf, tiled=True)
+    return np.asarray(leaf)
+
+
+def _checksums(flat: dict[str, Any]) -> dict[str, str]:
+    # Sorted, so that every process gathers the same arrays in the same order.
+    return {
+        key: hashlib.sha256(
+            np.ascontiguousarray(_host_value(flat[key])).reshape(-1).view(np.uint8)
+        ).hexdigest()
+        for key in sorted(flat)
+    }
+
+
+def _json_checksum(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _on_every_process(ok: bool) -> bool:
+    """Whether ``ok`` holds on every process (collective), so that all take the same branch."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(multihost_utils.process_allgather(np.asarray(ok)).all())
+
+
+def _read(path: str, read: Callable[[], Any]) -> Any:
+    """``read()``; a failure on any process raises a damaged-checkpoint error on all."""
+    try:
+        result, error = read(), None
+    except Exception as caught:  # Orbax raises many types for damaged files.
+        result, error = None, caught
+    if not _on_every_process(error is None):
+        detail = f"{type(error).__name__}: {error}" if error else "unreadable on another process"
+        raise _DamagedCheckpointError(
+            f"The checkpoint in {path} is corrupt or incompatible with this config "
+            f"({detail}). Delete it or use a new workdir."
+        ) from error
+    return result
+
+
+def _listed(names: list[str]) -> str:
+    more = len(names) - _MAX_LISTED
+    return ", ".join(names[:_MAX_LISTED]) + (f" and {more} more" if more > 0 else "")
+
+
+def _restore_target(leaf: Any) -> Any:
+    if isinstance(leaf, jax.Array):
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding)
+    return np.empty(np.shape(leaf), np.asarray(leaf).dtype)  # restored as a NumPy array
+
+
+def _check_layout(item: str, saved: Any, target: dict[str, Any], path: str) -> None:
+    """Raises unless ``saved`` (Orbax metadata) holds ``target``'s paths, shapes and dtypes."""
+    on_disk = set(saved or ())
+    only_on_disk, only_here = sorted(on_disk - set(target)), sorted(set(target) - on_disk)
+    if only_on_disk or only_here:
+        raise CheckpointError(
+            f"The checkpoint in {path} does not hold this config's {item}: arrays only in the "
+            f"checkpoint: {_listed(only_on_disk) or 'none'}; only in this config: "
+            f"{_listed(only_here) or 'none'}. It was written by a different model or run "
+            "layout: delete it or use a new workdir."
+        )
+    for key, leaf in target.items():
+        disk = (tuple(saved[key].shape), np.dtype(saved[key].dtype))
+        here = (tuple(np.shape(leaf)), np.dtype(leaf.dtype))
+        if disk != here:
+            raise CheckpointError(
+                f"The checkpoint in {path} is incompatible with this config: {item} array {key} "
+                f"has shape {disk[0]} and dtype {disk[1]} on disk, {here[0]} and {here[1]} here "
+                "(different model, number of classes or num_seeds?). Delete it or use a new "
+                "workdir."
+            )
 
 
 class Checkpointer:
-    """Saves one checkpoint per epoch under ``directory`` and restores the latest.
+    """Saves one checkpoint per epoch under ``directory`` and restores the latest intact one.
+
+    Saves are synchronous and atomic: a crash during one leaves the previous checkpoints.
 
     Args:
-      directory: where checkpoints live (created if needed).
-      max_to_keep: how many recent epochs to keep on disk.
+      directory: where checkpoints live (created if needed): a local path or a URL such as
+        ``gs://bucket/run/checkpoints``.
+      max_to_keep: how many recent epochs to keep.
     """
 
-    def __init__(self, directory: str, *, max_to_keep: int = 2):
-        self.directory = os.path.abspath(directory)
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 2):
+        self._path = _absolute(directory)
+        self.directory = str(self._path)
         self._manager = ocp.CheckpointManager(
-            self.directory,
+            self._path,
             # Named handlers let a fresh manager read a checkpoint's metadata before restoring.
             item_handlers={
                 "state": ocp.StandardCheckpointHandler(),
                 "best": ocp.StandardCheckpointHandler(),
                 "history": ocp.JsonCheckpointHandler(),
+                "checksums": ocp.JsonCheckpointHandler(),
+                "config": ocp.JsonCheckpointHandler(),
             },
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True
@@ -53,76 +201,147 @@ class Checkpointer:
         """The last epoch with a complete checkpoint, or None."""
         return self._manager.latest_step()
 
-    def save(self, epoch: int, *, state: Any, best: dict, history: list) -> None:
-        """Writes the checkpoint of a finished epoch (atomically: a crash leaves the old ones)."""
-        self._manager.save(
-            epoch,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_flatten(state)),
-                best=ocp.args.StandardSave(best),
-                history=ocp.args.JsonSave(history),
-            ),
-        )
+    def save(
+        self, epoch: int, *, state: Any, best: dict, history: list, config: dict | None = None
+    ) -> None:
+        """Writes the checkpoint of a finished epoch, with the checksums of all it holds.
 
-    def restore(self, epoch: int, *, state: Any, best: dict) -> tuple[Any, dict, list]:
+        Args:
+          epoch: the epoch just finished.
+          state: the training state (a pytree of arrays).
+          best: the best-epoch record (a dict of arrays).
+          history: the per-epoch metric records (JSON-able).
+          config: the run's config as a JSON-able dict, for :meth:`restore` to compare.
+        """
+        flat = {"state": _flatten(state), "best": _flatten(best)}
+        checksums = {item: _checksums(arrays) for item, arrays in flat.items()}
+        checksums["history"] = _json_checksum(history)
+        items = {item: ocp.args.StandardSave(arrays) for item, arrays in flat.items()}
+        items.update(history=ocp.args.JsonSave(history), checksums=ocp.args.JsonSave(checksums))
+        if config is not None:
+            items["config"] = ocp.args.JsonSave(config)
+        self._manager.save(epoch, args=ocp.args.Composite(**items))
+
+    def restore(
+        self, epoch: int, *, state: Any, best: dict, config: dict | None = None
+    ) -> tuple[Any, dict, list]:
         """Restores ``epoch`` into the structure, shapes and shardings of ``state`` and ``best``.
 
         Args:
           epoch: a saved epoch (see :meth:`latest_epoch`).
           state: a training state of the current config (its values are not used).
           best: a best-epoch record of the current config (its values are not used).
+          config: the current run's config as a JSON-able dict; if given and the checkpoint holds
+            a config, they must agree on all fields but :data:`COSMETIC_CONFIG_FIELDS`.
 
         Returns:
           ``(state, best, history)`` as saved.
 
         Raises:
-          CheckpointError: the checkpoint is unreadable or holds a different model or run layout.
+          CheckpointError: the checkpoint is unreadable, does not match its checksums, or was
+            written by a different config, model or run layout. The message names the
+            checkpoint's path and the differing fields or arrays.
         """
-        target = _flatten(state)
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target
-        )
-        abstract_best = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), best)
-        path = os.path.join(self.directory, str(epoch))
-        try:
-            saved = self._manager.item_metadata(epoch)
-            self._check_layout(saved["state"], target, path)
-            restored = self._manager.restore(
+        path = str(self._path / str(epoch))
+        flat = {"state": _flatten(state), "best": _flatten(best)}
+        saved = _read(path, lambda: self._manager.item_metadata(epoch))
+        if config is not None and "config" in saved:
+            saved_config = _read(
+                path,
+                lambda: self._manager.restore(
+                    epoch, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+                )["config"],
+            )
+            changed = config_differences(saved_config, config)
+            if changed:
+                raise CheckpointError(
+                    f"The checkpoint in {path} was written by a run with a different config "
+                    f"(differences in: {', '.join(changed)}). Use a new workdir to train with "
+                    "this config."
+                )
+        for item, arrays in flat.items():
+            _check_layout(item, saved[item] if item in saved else None, arrays, path)
+        items = {
+            item: ocp.args.StandardRestore(jax.tree.map(_restore_target, arrays))
+            for item, arrays in flat.items()
+        }
+        restored = _read(
+            path,
+            lambda: self._manager.restore(
                 epoch,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract),
-                    best=ocp.args.StandardRestore(abstract_best),
-                    history=ocp.args.JsonRestore(),
+                    **items, history=ocp.args.JsonRestore(), checksums=ocp.args.JsonRestore()
                 ),
+            ),
+        )
+        expected = restored["checksums"]
+        damaged = [
+            f"{item} array {key}"
+            for item in flat
+            for key, checksum in _checksums(restored[item]).items()
+            if checksum != expected[item].get(key)
+        ]
+        if _json_checksum(restored["history"]) != expected["history"]:
+            damaged.append("the history")
+        if damaged:
+            raise _DamagedCheckpointError(
+                f"The checkpoint in {path} is corrupt: the checksums saved with it do not match "
+                f"{_listed(damaged)} (damaged storage?). Delete it or use a new workdir."
             )
-        except CheckpointError:
-            raise
-        except Exception as error:  # Orbax raises many types for damaged files.
-            raise CheckpointError(
-                f"The checkpoint in {path} is corrupt or incompatible with this config "
-                f"({type(error).__name__}: {error}). Delete it or use a new workdir."
-            ) from error
-        leaves = [restored["state"][key] for key in sorted(target)]
-        state = jax.tree.unflatten(jax.tree.structure(state), leaves)
-        return state, dict(restored["best"]), list(restored["history"])
+        state, best = (
+            jax.tree.unflatten(
+                jax.tree.structure(tree), [restored[item][key] for key in flat[item]]
+            )
+            for item, tree in (("state", state), ("best", best))
+        )
+        return state, dict(best), list(restored["history"])
 
-    @staticmethod
-    def _check_layout(saved: Any, target: dict, path: str) -> None:
-        if saved is None or set(saved) != set(target):
-            count = "no" if saved is None else len(saved)
-            raise CheckpointError(
-                f"The checkpoint in {path} holds {count} state arrays; this config's model has "
-                f"{len(target)}. It was written by a different model or run layout: delete it or "
-                "use a new workdir."
-            )
-        for key, leaf in target.items():
-            shape = tuple(saved[key].shape)
-            if shape != tuple(leaf.shape):
-                raise CheckpointError(
-                    f"The checkpoint in {path} is incompatible with this config: state array {key} "
-                    f"has shape {shape} on disk and {tuple(leaf.shape)} here (different model, "
-                    "number of classes or num_seeds?). Delete it or use a new workdir."
+    def restore_latest(
+        self, *, state: Any, best: dict, config: dict | None = None
+    ) -> tuple[int, Any, dict, list] | None:
+        """Restores the newest intact checkpoint, deleting the damaged ones newer than it.
+
+        A damaged checkpoint (unreadable, or not matching its checksums) is skipped with a
+        warning naming it, and deleted once an older one restores, so that the run trains its
+        epoch again. Nothing is deleted when none restores.
+
+        Args:
+          state: a training state of the current config (its values are not used).
+          best: a best-epoch record of the current config (its values are not used).
+          config: the current run's config as a JSON-able dict (see :meth:`restore`).
+
+        Returns:
+          ``(epoch, state, best, history)`` of the restored checkpoint, or None if there is none.
+
+        Raises:
+          CheckpointError: every checkpoint is damaged (the message names each), or the newest
+            intact one was written by a different config, model or run layout.
+        """
+        damaged: list[tuple[int, CheckpointError]] = []
+        for epoch in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                restored = self.restore(epoch, state=state, best=best, config=config)
+            except _DamagedCheckpointError as error:
+                logging.warning("Skipping a damaged checkpoint: %s", error)
+                damaged.append((epoch, error))
+                continue
+            for bad, _ in damaged:
+                self._manager.delete(bad)
+            if damaged:
+                logging.warning(
+                    "Resumed from epoch %d, the newest intact checkpoint in %s; deleted the "
+                    "damaged ones of epochs %s.",
+                    epoch,
+                    self.directory,
+                    [bad for bad, _ in damaged],
                 )
+            return (epoch, *restored)
+        if damaged:
+            raise CheckpointError(
+                f"No checkpoint in {self.directory} is intact. "
+                + " ".join(str(error) for _, error in damaged)
+            )
+        return None
 
     def close(self) -> None:
         self._manager.close()
