@@ -9,12 +9,28 @@ import re
 import runpy
 import sys
 
+import jax
 from absl import app, flags, logging
 
 import jaxloss
 from jaxloss.training import ConfigError
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "HOST:PORT of process 0's coordinator: starts JAX's multi-process runtime "
+    "(jax.distributed.initialize) with --num_processes and --process_id.",
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes of a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 .. N-1.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Start JAX's multi-process runtime with no arguments: JAX detects the cluster (SLURM, Cloud "
+    "TPU, Open MPI).",
+)
 
 
 def available_configs() -> list[str]:
@@ -99,6 +115,25 @@ def quiet_library_logs() -> None:
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
 
 
+def start_distributed() -> None:
+    """``jax.distributed.initialize`` as the flags ask, before anything else uses JAX."""
+    if _COORDINATOR.value is not None:
+        if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
+            raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    elif _DISTRIBUTED.value:
+        jax.distributed.initialize()
+
+
+def is_reporting_process() -> bool:
+    """Whether this process prints and writes reports (process 0 of a multi-process run)."""
+    return jax.process_index() == 0
+
+
 def run(main, *, epilogue: str | None = None) -> None:
     """``app.run`` with :func:`parse_flags` (``--help`` ends with ``epilogue``, by default the
     configs and losses), quiet library logs, and config mistakes and missing data reported in a
@@ -107,6 +142,7 @@ def run(main, *, epilogue: str | None = None) -> None:
     epilogue = help_epilogue() if epilogue is None else epilogue
 
     def checked_main(argv):
+        start_distributed()
         try:
             return main(argv)
         except (ConfigError, FileNotFoundError) as error:

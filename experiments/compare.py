@@ -58,6 +58,8 @@ def main(argv):
                 workdir=os.path.join(_WORKDIR.value, setup, loss),
             )
             cells.append(cell)
+            if not cli.is_reporting_process():
+                continue
             selected = "" if cell.tuning is None else f", selected {cell.tuning.selected}"
             metric = report.headline_metric([cell])
             print(
@@ -65,6 +67,8 @@ def main(argv):
                 f"ece {cell.metrics['ece'].mean():.4f}{selected} ({cell.seconds:.1f} s)",
                 flush=True,
             )
+    if not cli.is_reporting_process():
+        return
     minutes = (time.perf_counter() - start) / 60
     trials = config.tuning.trials
     protocol = (

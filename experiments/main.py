@@ -9,6 +9,10 @@ its default hyperparameters and the head and optimizer pieces it is designed for
 overrides any field. At the end it prints the reported epoch's validation and test metrics per seed
 and their mean ± std, also written to ``<workdir>/results.json``. Running again with the same workdir
 resumes from its latest checkpoint (or, for a finished run, prints the same summary).
+
+Many processes (GPU hosts, TPU pods) run the same command with JAX's runtime: ``--distributed`` (JAX
+detects SLURM, Cloud TPU, Open MPI) or ``--coordinator_address=HOST:PORT --num_processes=N
+--process_id=I``. The workdir must be storage every process shares; process 0 writes the logs.
 """
 
 import cli
@@ -29,7 +33,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     out = train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
-    print(format_summary(out["summary"]))
+    if cli.is_reporting_process():
+        print(format_summary(out["summary"]))
 
 
 if __name__ == "__main__":

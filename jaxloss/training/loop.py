@@ -9,7 +9,6 @@ finished epoch and ends with exactly the metrics of an uninterrupted run.
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
@@ -18,10 +17,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
 
 from jaxloss import data
 from jaxloss.training import logs
-from jaxloss.training.checkpoint import Checkpointer, CheckpointError
+from jaxloss.training.checkpoint import Checkpointer, CheckpointError, config_differences
 from jaxloss.training.summary import summarize
 from jaxloss.training.train import (
     NUM_BINS,
@@ -42,8 +43,6 @@ class ConfigError(ValueError):
 
 
 SPLITS = ("validation", "test")
-# Settings that change how a run is watched, not what it computes: they may differ on resume.
-_COSMETIC = frozenset({"progress_bar", "log_every_steps"})
 
 
 def load_datasets(config: ml_collections.ConfigDict) -> dict[str, data.Dataset]:
@@ -173,24 +172,42 @@ def _validate(config: ml_collections.ConfigDict, train: data.Dataset, mesh) -> N
         raise ValueError("; ".join(problems) + ".")
 
 
-def _check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Writes ``config.json``, or checks that a resumed run has the config it was started with."""
-    path = os.path.join(workdir, "config.json")
+def _check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
+    """Checks that a resumed run has the config it was started with (``config.json``).
+
+    Returns the config as JSON, which the checkpoints hold and check too (deleting config.json
+    does not let a run resume under another config).
+    """
+    path = workdir / "config.json"
     current = json.loads(config.to_json_best_effort())
-    if os.path.exists(path):
-        with open(path) as file:
-            saved = json.load(file)
-        changed = sorted(
-            key for key in set(saved) | set(current) if saved.get(key) != current.get(key)
-        )
-        changed = [key for key in changed if key not in _COSMETIC]
+    if path.exists():
+        saved = json.loads(path.read_text())
+        changed = config_differences(saved, current)
         if changed:
             raise CheckpointError(
                 f"{workdir} holds a run with a different config (differences in: "
                 f"{', '.join(changed)}). Use a new workdir to train with this config."
             )
-    with open(path, "w") as file:
-        json.dump(current, file, indent=2, sort_keys=True)
+    return current
+
+
+def _write_config(config_json: dict, workdir: epath.Path) -> None:
+    """Writes ``config.json`` (process 0) and checks that every process sees it."""
+    path = workdir / "config.json"
+    if jax.process_index() == 0:
+        path.write_text(json.dumps(config_json, indent=2, sort_keys=True))
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("jaxloss: config.json written")
+        # Orbax saves are collective and need one directory that every process sees: without it
+        # the first save would wait forever. Every process learns whether any cannot see it.
+        sees = multihost_utils.process_allgather(np.asarray(path.exists()))
+        if not np.all(sees):
+            blind = np.flatnonzero(~np.asarray(sees)).tolist()
+            raise CheckpointError(
+                f"Processes {blind} do not see {path}, which process 0 wrote: the workdir must be "
+                "shared storage (a network file system or a bucket such as gs://...) that every "
+                "process reads and writes."
+            )
 
 
 def _empty_best(num_models: int, splits: dict, metric_names: list[str]) -> dict:
@@ -292,8 +309,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise ConfigError(f"Bad config: {error}") from error
     last_epoch_wins = config.get("selection", "best") == "last"
-    os.makedirs(workdir, exist_ok=True)
-    _check_config(config, workdir)
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_json = _check_config(config, workdir)
     keys = population.keys()
     state = steps.init(jax.vmap(lambda key: jax.random.fold_in(key, 0))(keys))
     train_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
@@ -301,22 +319,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     history: list[dict] = []
 
     checkpointer = (
-        Checkpointer(os.path.join(workdir, "checkpoints"))
-        if config.checkpoint_every_epochs
-        else None
+        Checkpointer(str(workdir / "checkpoints")) if config.checkpoint_every_epochs else None
     )
     start_epoch = 0
-    if checkpointer is not None and checkpointer.latest_epoch() is not None:
-        latest = checkpointer.latest_epoch()
-        state, best, saved_history = checkpointer.restore(latest, state=state, best=best)
+    # The newest intact checkpoint: a damaged one is skipped (and named in a warning).
+    restored = checkpointer and checkpointer.restore_latest(
+        state=state, best=best, config=config_json
+    )
+    if restored:
+        latest, state, best, saved_history = restored
         history = [
             {key: _as_array(value) for key, value in record.items()} for record in saved_history
         ]
         start_epoch = latest + 1
-        if start_epoch >= config.num_epochs:
+        if start_epoch >= config.num_epochs and jax.process_index() == 0:
             logging.info(
                 "%s holds a finished run (%d epochs): nothing to train.", workdir, latest + 1
             )
+    # Written once the checkpoints agree with the config, so a refused run changes nothing.
+    _write_config(config_json, workdir)
     logger = logs.MetricLogger(workdir, history=history)
     try:
         for epoch in range(start_epoch, config.num_epochs):
@@ -353,9 +374,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             best = _update_best(best, {**record, **bins}, selection, last=last_epoch_wins)
             history.append(record)
             logger.write(record)
-            logging.info(
+            # Process 0 reports; every process logs only what goes wrong.
+            logging.log_if(
+                logging.INFO,
                 "epoch %d: train loss %.4f, validation accuracy %.4f, test accuracy %.4f "
                 "(means over %d models)",
+                jax.process_index() == 0,
                 epoch,
                 record["train/loss"].mean(),
                 record["validation/accuracy"].mean(),
@@ -367,7 +391,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 last or (epoch + 1) % config.checkpoint_every_epochs == 0
             ):
                 checkpointer.save(
-                    epoch, state=state, best=best, history=[_jsonable(r) for r in history]
+                    epoch,
+                    state=state,
+                    best=best,
+                    history=[_jsonable(r) for r in history],
+                    config=config_json,
                 )
     finally:
         logger.close()
@@ -380,8 +408,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         selection=config.get("selection", "best"),
         selection_metric=selection,
     )
-    with open(os.path.join(workdir, "results.json"), "w") as file:
-        json.dump(summary, file, indent=1)
+    if jax.process_index() == 0:
+        (workdir / "results.json").write_text(json.dumps(summary, indent=1))
     return {
         "summary": summary,
         "best": best,

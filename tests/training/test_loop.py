@@ -257,9 +257,12 @@ def test_incompatible_checkpoint_gives_a_clear_error(tmp_path):
     other.model.hidden_sizes = (32,)
     with pytest.raises(CheckpointError, match=r"different config \(differences in: model\)"):
         train_and_evaluate(other, str(tmp_path))
-    os.remove(tmp_path / "config.json")  # even without the config, the shapes give it away
-    with pytest.raises(CheckpointError, match="incompatible with this config: state array"):
+    os.remove(tmp_path / "config.json")  # the checkpoint holds the config too
+    with pytest.raises(CheckpointError, match=r"different config \(differences in: model\)"):
         train_and_evaluate(other, str(tmp_path))
+    assert not (tmp_path / "config.json").exists()  # a refused run writes nothing
+    # Even without config.json, the run resumes under its own config.
+    assert train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))["history"]
 
 
 def test_unknown_selection_metric_and_loss_fail_before_training(tmp_path):
