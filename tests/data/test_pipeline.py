@@ -228,3 +228,34 @@ def test_global_batch_on_four_devices():
         """
     )
     assert "exactly one axis over 'data'" in out
+
+
+def test_benchmark_script_reports_pipeline_rates(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.testing import REPO_ROOT
+
+    path = tmp_path / "rows.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO_ROOT, "experiments", "benchmark_input.py"),
+            "--num_examples=300",
+            "--batch_size=32",
+            "--batches=3",
+            "--warmup=1",
+            "--workers=0",
+            "--model_steps=0",
+            f"--json={path}",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(path.read_text())
+    assert [r["what"] for r in rows] == ["pipeline, 0 worker processes"]
+    assert rows[0]["images_per_s"] > 0 and "| pipeline, 0 worker processes" in result.stdout
