@@ -448,10 +448,10 @@ def make_steps(
 
     replicated = NamedSharding(mesh, P())
     return StepFunctions(
-        # Eager, not jitted: initializers then run as small per-primitive programs that stay
-        # cached for the next run in the process (a comparison), instead of one new large
-        # program per run whose random-number code takes seconds to compile.
-        init=lambda keys: jax.device_put(jax.vmap(init_one)(keys), replicated),
+        # Compiled with replicated outputs: every process builds its replica of the state on its
+        # devices (an eager init would build it on the host and copy it, checking that every
+        # host's copy is equal).
+        init=jax.jit(jax.vmap(init_one), out_shardings=replicated),
         train=functools.partial(
             jax.jit(
                 jax.vmap(train_one),
