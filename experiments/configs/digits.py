@@ -60,6 +60,7 @@ def get_config(loss: str = "cross_entropy") -> ml_collections.ConfigDict:
     config.data.label_noise = 0.0  # > 0: smooth top-k label noise on the train split
     config.data.noise_block = 5
     config.data.augment = False  # random crop (pad 4) + horizontal flip
+    config.data.worker_count = 0  # input worker processes per host (0: read in this process)
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "mlp"

@@ -7,7 +7,6 @@ Import it explicitly (``import jaxloss.data``); ``import jaxloss`` does not load
 from jaxloss.data._augment import normalize as normalize
 from jaxloss.data._augment import random_crop as random_crop
 from jaxloss.data._augment import random_flip as random_flip
-from jaxloss.data._batching import epoch_batches as epoch_batches
 from jaxloss.data._batching import steps_per_epoch as steps_per_epoch
 from jaxloss.data._constants import CIFAR10_MEAN as CIFAR10_MEAN
 from jaxloss.data._constants import CIFAR10_STD as CIFAR10_STD

@@ -216,9 +216,8 @@ def train_batches(
     """This host's rows of every global training batch, endlessly over epochs.
 
     Step t is step t mod S of epoch t // S, S = ⌊N / B⌋ (the last N mod B examples of each epoch's
-    order are dropped). Epoch e's order is ``np.random.default_rng([seed, e]).permutation(N)``, the
-    order of ``epoch_batches(..., train=True)``: global batch t is rows [(t mod S)·B, (t mod S + 1)·B)
-    of it, and process p of P yields the B / P of them at offset p · B / P. So the global batch does
+    order are dropped). Epoch e's order is ``np.random.default_rng([seed, e]).permutation(N)``;
+    global batch t is rows [(t mod S)·B, (t mod S + 1)·B) of it, and process p of P yields the B / P of them at offset p · B / P. So the global batch does
     not depend on P, and the iterator's state is the step alone.
 
     Args:

@@ -45,6 +45,7 @@ def exact_loss(
     labels: Any,
     *,
     key: jax.Array | None = None,
+    uniforms: Any = None,
     temperature: Any = 1.0,
     margin: Any = None,
     sample_size: int = 16,
@@ -99,19 +100,28 @@ def exact_loss(
     stay finite (a shared, differentiated temperature gets a NaN gradient). A :math:`+\infty`
     logit gives the limit: loss 0 at the label, 1 at a competitor.
 
-    The estimate is random: each call draws new uniforms from ``key``. With two classes (or
-    ``truncate_classes=1``) and with ``method="quadrature"`` the loss is deterministic and ``key``
-    may be None; otherwise ``key=None`` raises a ValueError. As in the reference, in float32 badly
-    misclassified rows (some :math:`\mu_k \lesssim -8`) give exactly loss 1 and zero gradient with
-    ``method="genz"``. Cost is :math:`O(B \cdot N \cdot C^2)`: use ``truncate_classes`` (or the
-    quadrature, :math:`O(B \cdot C)`) for many classes. The gradient is a custom VJP: use reverse
-    mode; forward mode (``jax.jvp``, ``jax.jacfwd``) raises a TypeError.
+    The estimate is random: each call draws new uniforms from ``key`` (or takes injected
+    ``uniforms``). With two classes (or ``truncate_classes=1``) and with ``method="quadrature"``
+    the loss is deterministic and ``key`` may be None; otherwise ``key=None`` without ``uniforms``
+    raises a ValueError. As in the reference, in float32 badly misclassified rows (some
+    :math:`\mu_k \lesssim -8`) give exactly loss 1 and zero gradient with ``method="genz"``.
+    Cost is :math:`O(B \cdot N \cdot C^2)`: use ``truncate_classes`` (or the quadrature,
+    :math:`O(B \cdot C)`) for many classes. The gradient is a custom VJP: use reverse mode;
+    forward mode (``jax.jvp``, ``jax.jacfwd``) raises a TypeError.
 
     Args:
       logits: float array of shape ``(..., C)`` (classes along ``axis``), ``C >= 2``.
       labels: integer array of shape ``(...)``.
       key: PRNG key of the Monte-Carlo estimate; required unless the loss is deterministic (see
-        above).
+        above) or ``uniforms`` are given. With ``axis_name``, each shard draws from
+        ``jax.random.fold_in(key, jax.lax.axis_index(axis_name))`` (for several names, the
+        row-major index over them in the given order), so the shards' estimates are independent
+        and a shard's loss is that of a single-device call with this folded key on its examples.
+        Without ``axis_name`` every shard of a ``shard_map``/``pmap`` draws the same noise.
+      uniforms: optional uniforms in [0, 1) of shape ``(k, N, ...)`` that replace the draw (and
+        the key), with ``k = C - 1`` (or ``min(truncate_classes, C - 1)``) and the labels' shape
+        last, so that they shard with the batch; row i drives the i-th strongest competitor (see
+        :func:`jaxloss.ops.gaussian_orthant_probability`).
       temperature: noise std :math:`T > 0` (scalar; float or traced array, at least the smallest
         normal number of the compute dtype, about 1.2e-38 in float32). The gradient never forms
         :math:`T^2`, so it stays finite for tiny temperatures. None means noise of std 1 in raw
@@ -129,7 +139,8 @@ def exact_loss(
         per example); False removes a class from the competition and from the normalization
         statistics.
       axis_name: mapped axis name(s) over which the normalization statistics are summed
-        (``shard_map``/``pmap``); None uses the local batch.
+        (``shard_map``/``pmap``), and whose index is folded into ``key``; None uses the local
+        batch and the key as given.
       method: ``"genz"`` (the reference's estimator) or ``"quadrature"`` (deterministic).
 
     Returns:
@@ -163,7 +174,15 @@ def exact_loss(
         )
     _validation.check_in_range("temperature", temperature, lower=float(jnp.finfo(z.dtype).tiny))
     _validation.check_in_range("margin", margin)
-    check_key(key, dim=num_classes - 1, truncate_classes=truncate_classes, method=method)
+    check_key(
+        key,
+        dim=num_classes - 1,
+        truncate_classes=truncate_classes,
+        method=method,
+        uniforms=uniforms,
+    )
+    if key is not None and axis_name is not None:
+        key = jax.random.fold_in(key, lax.axis_index(axis_name))
 
     # Columns of the C - 1 competitors of each example, in increasing class order.
     others = jnp.arange(num_classes - 1)
@@ -200,6 +219,11 @@ def exact_loss(
     # An excluded competitor is one the label always beats.
     mu = jnp.where(competes, mu, jnp.inf)
     probability = gaussian_orthant_probability(
-        mu, key=key, sample_size=sample_size, truncate_classes=truncate_classes, method=method
+        mu,
+        key=key,
+        sample_size=sample_size,
+        uniforms=uniforms,
+        truncate_classes=truncate_classes,
+        method=method,
     )
     return (1.0 - probability).astype(prepared.out_dtype)

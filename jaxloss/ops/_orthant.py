@@ -85,7 +85,10 @@ def _genz_estimate(mu: jax.Array, uniforms: jax.Array) -> tuple[jax.Array, jax.A
     samples = uniforms.shape[1]
     diagonal, below = _cholesky_constants(dim, mu.dtype)
     mu_steps = mu.T
-    base = jnp.zeros((1, samples, batch), mu.dtype), jnp.ones((1, samples, batch), mu.dtype)
+    # Built from the inputs so that under shard_map the scan's initial carry varies over the mesh
+    # axes its body's outputs vary over (those of mu and of the uniforms); XLA folds it to zeros.
+    zeros = (jnp.zeros_like(uniforms[0]) + jnp.zeros_like(mu_steps[0]))[None]
+    base = zeros, zeros + 1.0
     done = base[0][:0], base[1][:0]
     size = max(-(-dim // _BLOCKS), _MIN_BLOCK)
     for start in range(0, dim, size):
@@ -229,11 +232,15 @@ def gaussian_orthant_probability(
     Args:
       mu: float array of shape ``(..., D)``; the constraints are along the last axis.
       key: PRNG key for the uniforms. Required by ``method="genz"`` when more than one entry per
-        row is integrated and ``uniforms`` is not given; otherwise it may be None.
+        row is integrated and ``uniforms`` is not given; otherwise it may be None. Inside
+        ``shard_map``/``pmap`` every shard draws the same uniforms from the same key: fold the
+        axis index into it for independent shards (:func:`jaxloss.exact_loss` does with
+        ``axis_name``).
       sample_size: number of samples N of the Genz estimator.
       uniforms: optional uniforms in [0, 1) of shape ``(k, N, ...)`` (k = D, or
         ``truncate_classes``) that replace the draw; row i drives the i-th smallest entry of
-        ``mu`` (stable sort), so a run can be reproduced exactly across frameworks.
+        ``mu`` (stable sort), so a run can be reproduced exactly across frameworks. The batch
+        axes are last, so the uniforms shard with ``mu`` under ``shard_map``.
       truncate_classes: if given, only the ``truncate_classes`` smallest entries of each row are
         integrated (the others count as certainly positive): an upper bound on P at a fraction of
         the cost.
@@ -290,4 +297,8 @@ def gaussian_orthant_probability(
     else:
         uniforms = jax.random.uniform(key, (k, sample_size, *batch_shape), mu.dtype)
     flat_uniforms = uniforms.reshape(k, uniforms.shape[1], -1)
+    # Under shard_map the custom VJP returns mu's gradient with the estimate's type, which varies
+    # over the mesh axes of the uniforms too: mu gets them here, so that this sum's transpose adds
+    # the gradient up over those mu does not vary over. A no-op outside shard_map.
+    rows = rows + jnp.zeros_like(flat_uniforms[0, 0])[:, None]
     return _genz(rows, flat_uniforms).reshape(batch_shape).astype(out_dtype)

@@ -45,14 +45,17 @@ class ConfigError(ValueError):
 SPLITS = ("validation", "test")
 
 
-def load_datasets(config: ml_collections.ConfigDict) -> dict[str, data.Dataset]:
-    """The train, validation and test splits a ``data`` config describes.
+def load_datasets(config: ml_collections.ConfigDict) -> dict[str, data.Source]:
+    """The train, validation and test splits a ``data`` config describes, as random-access
+    sources that read their features only when a batch asks for them.
 
     The long-tail subsampling (``imbalance_factor`` > 1) and the label noise (``label_noise`` > 0)
     apply to the train split only; validation and test stay as loaded.
     """
     kwargs = {"seed": config.get("split_seed", 0), "data_dir": config.get("data_dir")}
-    splits = {split: data.load(config.name, split=split, **kwargs) for split in ("train", *SPLITS)}
+    splits = {
+        split: data.load_source(config.name, split=split, **kwargs) for split in ("train", *SPLITS)
+    }
     train = splits["train"]
     if config.get("imbalance_factor", 1.0) > 1.0:
         train = data.long_tailed(
@@ -81,10 +84,9 @@ def _evaluate(steps, state, splits, *, batch_size, k) -> tuple[dict, dict]:
     record, bins = {}, {}
     for split in SPLITS:
         total = None
-        for batch in data.epoch_batches(
-            splits[split], batch_size=batch_size, epoch=0, seed=0, train=False
-        ):
-            statistics = steps.evaluate(state, jax.device_put(batch, steps.eval_sharding))
+        # Each host reads its rows of every global batch.
+        for batch in data.eval_batches(splits[split], global_batch_size=batch_size):
+            statistics = steps.evaluate(state, data.global_batch(batch, steps.eval_sharding))
             total = statistics if total is None else jax.tree.map(jnp.add, total, statistics)
         total = jax.device_get(total)
         for name, value in metrics_from_statistics(total, k=k).items():
@@ -93,25 +95,18 @@ def _evaluate(steps, state, splits, *, batch_size, k) -> tuple[dict, dict]:
     return record, bins
 
 
-def _train_epoch(steps, state, train, *, config, epoch, keys, population, num_steps):
-    """One epoch over every member's own shuffle; returns the state and per-step losses (T, M)."""
-    iterators = [
-        data.epoch_batches(
-            train, batch_size=config.batch_size, epoch=epoch, seed=int(s), train=True
-        )
-        for s in population.seeds
-    ]
+def _train_epoch(steps, state, batches, *, config, epoch, keys, population, num_steps):
+    """One epoch of ``batches`` (this host's rows of every member's own shuffle); returns the
+    state and per-step losses (T, M)."""
     member = jax.device_put(population.values)
     losses, accuracies = [], []
     bar = logs.progress_bar(
         num_steps, epoch=epoch, num_epochs=config.num_epochs, enabled=config.progress_bar
     )
     start = time.perf_counter()
-    for step, batches in enumerate(zip(*iterators, strict=True)):
-        batch = {name: np.stack([b[name] for b in batches]) for name in ("features", "labels")}
-        state, stats = steps.train(
-            state, jax.device_put(batch, steps.batch_sharding), keys, member=member
-        )
+    for step in range(num_steps):
+        batch = data.global_batch(next(batches), steps.batch_sharding)
+        state, stats = steps.train(state, batch, keys, member=member)
         losses.append(stats["loss"])
         accuracies.append(stats["accuracy"])
         bar.update()
@@ -288,11 +283,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         steps = make_steps(
             config,
             num_classes=train.num_classes,
-            input_shape=train.features.shape[1:],
+            input_shape=train.feature_shape,
             # Classes emptied by a transform count as one, so that log-prior losses stay finite.
             class_counts=np.maximum(counts, 1),
             steps_per_epoch=num_steps,
             mesh=mesh,
+            normalization=train.normalization,
         )
         k = min(config.get("top_k", 5), train.num_classes)
         names = metric_names(k)
@@ -339,12 +335,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Written once the checkpoints agree with the config, so a refused run changes nothing.
     _write_config(config_json, workdir)
     logger = logs.MetricLogger(workdir, history=history)
+    # One stream for the run: each host reads its rows of every member's shuffle. Checkpoints are
+    # taken at epoch ends, so the checkpointed epoch fixes the stream's position exactly.
+    batches = data.train_batches(
+        train,
+        global_batch_size=config.batch_size,
+        seed=[int(seed) for seed in population.seeds],
+        start_step=start_epoch * num_steps,
+        worker_count=config.data.get("worker_count", 0),
+    )
     try:
         for epoch in range(start_epoch, config.num_epochs):
             state, losses, accuracies = _train_epoch(
                 steps,
                 state,
-                train,
+                batches,
                 config=config,
                 epoch=epoch,
                 keys=train_keys,
@@ -398,6 +403,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     config=config_json,
                 )
     finally:
+        batches.close()
         logger.close()
         if checkpointer is not None:
             checkpointer.close()

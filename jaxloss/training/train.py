@@ -339,6 +339,7 @@ def make_steps(
     class_counts: np.ndarray,
     steps_per_epoch: int,
     mesh: Mesh,
+    normalization: data.Normalization | None = None,
 ) -> StepFunctions:
     """Builds the jitted init, train and eval functions of an experiment config.
 
@@ -350,6 +351,8 @@ def make_steps(
       class_counts: training examples per class, for losses that use them.
       steps_per_epoch: optimizer steps per epoch (for schedules).
       mesh: the device mesh with a ``'data'`` axis.
+      normalization: the features' device-side normalization (images travel as uint8); None
+        casts them to float32 only.
 
     Returns:
       A :class:`StepFunctions`.
@@ -386,6 +389,7 @@ def make_steps(
         )
     )
     augment = config.data.get("augment", False)
+    normalization = normalization or data.Normalization()
 
     def init_one(key):
         _, params, rest = nnx.split(build(nnx.Rngs(key)), nnx.Param, ...)
@@ -395,7 +399,7 @@ def make_steps(
         step = state["step"]
         key = jax.random.fold_in(key, step)
         augment_key, loss_key = jax.random.split(key)
-        features, labels = batch["features"], batch["labels"]
+        features, labels = normalization(batch["features"]), batch["labels"]
         if augment:
             crop_key, flip_key = jax.random.split(augment_key)
             features = data.random_flip(flip_key, data.random_crop(crop_key, features, padding=4))
@@ -435,7 +439,8 @@ def make_steps(
     top_k = config.get("top_k", 5)
 
     def predict_one(state, features):
-        return nnx.merge(graphdef, state["params"], state["rest"])(features, train=False)
+        model = nnx.merge(graphdef, state["params"], state["rest"])
+        return model(normalization(features), train=False)
 
     def evaluate_one(state, batch):
         return metric_statistics(

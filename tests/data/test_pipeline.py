@@ -42,20 +42,11 @@ def test_global_batch_does_not_depend_on_the_number_of_processes():
         many = _global_batches_by_step(source, num_processes, 14, seed=3)
         for step, (a, b) in enumerate(zip(one, many, strict=True)):
             np.testing.assert_array_equal(a, b, err_msg=f"step {step}, {num_processes} processes")
-    # Step t of epoch e is rows [tB, (t+1)B) of the (seed, epoch) permutation, as epoch_batches.
+    # Step t of epoch e is rows [tB, (t+1)B) of the (seed, epoch) permutation.
     for epoch in range(2):
         order = np.random.default_rng([3, epoch]).permutation(N)
         for t in range(6):
             np.testing.assert_array_equal(one[6 * epoch + t], order[t * B : (t + 1) * B])
-        old = data.epoch_batches(
-            data.Dataset(np.arange(N, dtype=np.float32)[:, None], np.arange(N) % 3, 3, "abc", "t"),
-            batch_size=B,
-            epoch=epoch,
-            seed=3,
-            train=True,
-        )
-        for t, batch in enumerate(old):
-            np.testing.assert_array_equal(one[6 * epoch + t], batch["features"][:, 0])
 
 
 def test_hosts_read_disjoint_contiguous_blocks_with_matching_labels():
