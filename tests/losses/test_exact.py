@@ -1,5 +1,6 @@
 """Tests of the EXACT loss."""
 
+import json
 import math
 
 import jax
@@ -195,9 +196,11 @@ def test_bad_inputs():
 
 
 @pytest.mark.slow
-def test_normalization_statistics_are_global_under_sharding():
+def test_sharded_statistics_noise_and_gradients():
+    # Every check that needs several devices, in one subprocess (it takes seconds to start).
     out = testing.run_on_devices(
         """
+        import json
         import jax, jax.numpy as jnp, numpy as np
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
         import jaxloss
@@ -206,34 +209,85 @@ def test_normalization_statistics_are_global_under_sharding():
         x = jax.random.normal(jax.random.key(0), (16, 5)) * 2.0
         y = jax.random.randint(jax.random.key(1), (16,), 0, 5)
         kw = dict(key=None, temperature=0.7, margin=1.0, method="quadrature")
-        ref = jaxloss.exact_loss(x, y, **kw)
+        err = lambda a, b: float(jnp.max(jnp.abs(a - b)))
+        shard_map = lambda f, in_specs: jax.shard_map(
+            f, mesh=mesh, in_specs=in_specs, out_specs=P("data")
+        )
 
+        # Sharded jit gives the single-device values (the statistics are global); so does
+        # shard_map with axis_name, and without it the statistics are per shard.
+        quadrature = jax.jit(lambda a, b: jaxloss.exact_loss(a, b, **kw))
+        ref = quadrature(x, y)
         xs = jax.device_put(x, NamedSharding(mesh, P("data")))
         ys = jax.device_put(y, NamedSharding(mesh, P("data")))
-        jitted = jax.jit(lambda a, b: jaxloss.exact_loss(a, b, **kw))(xs, ys)
         key = jax.random.key(3)
         genz = jax.jit(lambda a, b: jaxloss.exact_loss(a, b, key=key, temperature=0.7))
-        genz_ref = jaxloss.exact_loss(x, y, key=key, temperature=0.7)
 
         def mapped(axis_name):
-            return jax.shard_map(
-                lambda a, b: jaxloss.exact_loss(a, b, axis_name=axis_name, **kw),
-                mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P("data"),
-            )(xs, ys)
+            loss = lambda a, b: jaxloss.exact_loss(a, b, axis_name=axis_name, **kw)
+            return jax.jit(shard_map(loss, P("data")))(xs, ys)
 
-        per_device = np.concatenate(
-            [jaxloss.exact_loss(x[i:i + 4], y[i:i + 4], **kw) for i in range(0, 16, 4)]
+        per_device = np.concatenate([quadrature(x[i : i + 4], y[i : i + 4]) for i in (0, 4, 8, 12)])
+        local = mapped(None)
+        result = dict(
+            jit=err(quadrature(xs, ys), ref),
+            genz_jit=err(genz(xs, ys), genz(x, y)),
+            global_stats=err(mapped("data"), ref),
+            local_stats=err(local, per_device),
+            local_vs_global=err(local, ref),
         )
-        print(float(jnp.max(jnp.abs(jitted - ref))))
-        print(float(jnp.max(jnp.abs(genz(xs, ys) - genz_ref))))
-        print(float(jnp.max(jnp.abs(mapped("data") - ref))))
-        print(float(jnp.max(jnp.abs(mapped(None) - per_device))))
-        print(float(jnp.max(jnp.abs(mapped(None) - ref))))
+
+        # The same key and the same rows on every shard: shard i draws from fold_in(key, i).
+        # Unnormalized logits (temperature=None), so that a shard alone has the same statistics.
+        def losses(a, b, key=None, uniforms=None, t=None, axis_name=None, **kw):
+            return jaxloss.exact_loss(
+                a, b, key=key, uniforms=uniforms, temperature=t, axis_name=axis_name, **kw
+            )
+
+        def value_and_grad(fn, *args, argnums=0):
+            # Per-example losses and the gradient of their sum.
+            total = lambda *a: (jnp.sum(fn(*a)), fn(*a))
+            (_, values), grads = jax.value_and_grad(total, argnums, has_aux=True)(*args)
+            return values, grads
+
+        rows, labels = jnp.tile(x[:4] / 2, (4, 1)), jnp.tile(y[:4], 4)
+        folded = shard_map(
+            lambda a, b, k: losses(a, b, k, axis_name="data"), (P("data"), P("data"), P())
+        )
+        got_values, got_grad = jax.jit(lambda *a: value_and_grad(folded, *a))(rows, labels, key)
+        single = jax.jit(lambda *a: value_and_grad(losses, *a))
+        want = [single(x[:4] / 2, y[:4], jax.random.fold_in(key, i)) for i in range(4)]
+        result["folded"] = max(
+            err(got_values, jnp.concatenate([v for v, _ in want])),
+            err(got_grad, jnp.concatenate([g for _, g in want])),
+        )
+        shards = got_values.reshape(4, 4)
+        result["shard_spread"] = min(err(shards[i], shards[j]) for i in range(4) for j in range(i))
+
+        # Injected uniforms shard with the batch (last axis): the single-device values and
+        # gradients (logits and temperature) with global statistics.
+        u = jax.random.uniform(jax.random.key(4), (2, 8, 16))
+        kw = dict(truncate_classes=2, margin=1.0)
+        sharded = shard_map(
+            lambda a, t, b, u: losses(a, b, uniforms=u, t=t, axis_name="data", **kw),
+            (P("data"), P(), P("data"), P(None, None, "data")),
+        )
+        t = jnp.float32(0.7)
+        got = jax.jit(lambda *a: value_and_grad(sharded, *a, argnums=(0, 1)))(x, t, y, u)
+        single = lambda a, t, b, u: losses(a, b, uniforms=u, t=t, **kw)
+        want = jax.jit(lambda *a: value_and_grad(single, *a, argnums=(0, 1)))(x, t, y, u)
+        result["uniforms"] = max(
+            err(got[0], want[0]),
+            *(err(g, w) / float(jnp.max(jnp.abs(w))) for g, w in zip(got[1], want[1])),
+        )
+        print(json.dumps(result))
         """
     )
-    jit_err, genz_err, global_err, local_err, local_vs_global = map(float, out.split())
-    assert jit_err < 1e-6 and genz_err < 1e-6 and global_err < 1e-6 and local_err < 1e-6
-    assert local_vs_global > 1e-3
+    result = json.loads(out.splitlines()[-1])
+    # Without axis_name the statistics are per shard; with it, the shards' draws differ.
+    local_vs_global, spread = result.pop("local_vs_global"), result.pop("shard_spread")
+    assert local_vs_global > 1e-3 and spread > 1e-3, (local_vs_global, spread)
+    assert all(v < 1e-5 for v in result.values()), str(result)
 
 
 def test_defaults_are_unit_temperature_on_normalized_logits():
@@ -261,6 +315,24 @@ def test_key_is_required_only_when_the_estimate_is_random():
     np.testing.assert_allclose(jaxloss.exact_loss(logits, labels, method="quadrature"), 2 / 3)
     np.testing.assert_allclose(jaxloss.exact_loss(logits, labels, truncate_classes=1), 1 / 2)
     assert jaxloss.exact_loss(logits[:, :2], labels).shape == (2,)
+
+
+@pytest.mark.parametrize("truncate_classes", [None, 2])
+def test_injected_uniforms_replace_the_key(truncate_classes):
+    logits = testing.random_logits(8, (3, 2, 4), dtype=np.float32)
+    labels = testing.random_labels(8, (3, 2), 4)
+    key = jax.random.key(9)
+    # The key's draw: (k, N, *labels.shape), k the number of integrated competitors.
+    u = jax.random.uniform(key, (truncate_classes or 3, 16, 3, 2))
+    loss = jax.jit(
+        lambda key, u: jaxloss.exact_loss(
+            logits, labels, key=key, uniforms=u, truncate_classes=truncate_classes
+        )
+    )
+    np.testing.assert_array_equal(loss(None, u), loss(key, None))
+    np.testing.assert_array_equal(loss(jax.random.key(10), u), loss(key, None))
+    with pytest.raises(ValueError, match="uniforms must have shape"):
+        loss(None, u[:, :, :2])
 
 
 @pytest.mark.parametrize("temperature", [1e-30, 1e-20, 1e-6])

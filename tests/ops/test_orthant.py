@@ -266,3 +266,38 @@ def test_forward_mode_names_the_op(method):
         jax.jacfwd(lambda x: gaussian_orthant_probability(x, key=jax.random.key(0), method=method))(
             mu
         )
+
+
+@pytest.mark.parametrize(
+    "mu_spec, noise, truncate_classes",
+    [("data", "key", None), ("data", "uniforms", 3), (None, "uniforms", None)],
+    ids=["sharded-key", "sharded-uniforms-truncated", "replicated-mu-sharded-uniforms"],
+)
+def test_genz_under_shard_map_with_checked_types(mu_spec, noise, truncate_classes):
+    # A one-device mesh type-checks the varying mesh axes (check_vma) like a real one, in-process.
+    # The estimate varies over the axes of mu and of the noise: the scan's carry must too, and
+    # a replicated mu's gradient must come back replicated.
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    P = jax.sharding.PartitionSpec
+    mu = jnp.asarray(_test_rows(5), jnp.float32)
+    u = jax.random.uniform(jax.random.key(6), (truncate_classes or 6, 8, 4))
+    kwargs = {"key": jax.random.key(7)} if noise == "key" else {}
+
+    def total(mu, u):
+        noise_kwargs = {"uniforms": u} if noise == "uniforms" else {}
+        return jnp.sum(
+            gaussian_orthant_probability(
+                mu, truncate_classes=truncate_classes, **kwargs, **noise_kwargs
+            )
+        )
+
+    mapped = jax.shard_map(
+        lambda mu, u: total(mu, u)[None],
+        mesh=mesh,
+        in_specs=(P(mu_spec), P(None, None, "data")),
+        out_specs=P("data"),
+    )
+    value, grad = jax.jit(jax.value_and_grad(lambda mu: mapped(mu, u)[0]))(mu)
+    want_value, want_grad = jax.jit(jax.value_and_grad(total))(mu, u)
+    np.testing.assert_allclose(value, want_value, rtol=1e-6)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-7)
