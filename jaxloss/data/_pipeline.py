@@ -348,6 +348,9 @@ def global_batch(batch, sharding: jax.sharding.NamedSharding):
         raise ValueError(f"sharding must split exactly one axis over 'data', got {sharding.spec}.")
     axis = axes[0]
     p, count = jax.process_index(), jax.process_count()
+    if count == 1:
+        # One process holds the whole batch: a plain transfer, several times cheaper per step.
+        return jax.device_put(batch, sharding)
 
     def make(local):
         local = np.asarray(local)

@@ -7,6 +7,7 @@ computes the same metrics, and one copy of them is enough.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterable, Mapping
 
@@ -17,6 +18,10 @@ from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 __all__ = ["MetricLogger", "progress_bar"]
+
+# A diverged member of a population logs NaN on purpose (its metrics say it diverged); tensorboardX
+# would warn about it at every scalar of every epoch.
+logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
 
 
 def _json_line(record: Mapping) -> str:
