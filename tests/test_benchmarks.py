@@ -1,0 +1,104 @@
+"""experiments/compare_benchmarks.py flags regressions between two benchmark runs (no timing)."""
+
+import doctest
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.testing import REPO_ROOT
+
+SCRIPT = os.path.join(REPO_ROOT, "experiments", "compare_benchmarks.py")
+
+
+@pytest.fixture(scope="module")
+def compare_benchmarks():
+    spec = importlib.util.spec_from_file_location("compare_benchmarks", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(loss, classes, ratio, group="closed_form"):
+    ce_ms = 0.5
+    return dict(
+        group=group,
+        loss=loss,
+        batch=256,
+        classes=classes,
+        ms=ratio * ce_ms,
+        ce_ms=ce_ms,
+        ratio=ratio,
+        temp_bytes=0,
+    )
+
+
+def _write(path, rows):
+    with open(path, "w") as f:
+        json.dump(rows, f)
+    return str(path)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """Before/after runs: focal 25 % worse, label relaxation 15 % worse, poly1 faster, one row
+    dropped and one added."""
+    before = [
+        _row("softmax_focal", 1000, 2.0),
+        _row("label_relaxation", 1000, 2.0),
+        _row("poly1", 1000, 1.5),
+        _row("confidence_penalty", 10, 1.2),
+    ]
+    after = [
+        _row("softmax_focal", 1000, 2.5),
+        _row("label_relaxation", 1000, 2.3),
+        _row("poly1", 1000, 1.0),
+        _row("balanced_softmax", 1000, 1.1),
+    ]
+    return _write(tmp_path / "before.json", before), _write(tmp_path / "after.json", after)
+
+
+def test_flags_only_rows_over_the_threshold_and_lists_unmatched_rows(
+    compare_benchmarks, runs, capsys
+):
+    assert compare_benchmarks.main(list(runs)) == 1
+    out = capsys.readouterr().out
+    flagged = out.split("more than 20 % worse:")[1].split("\n\n")[0]
+    assert "softmax_focal 256x1000" in flagged
+    assert "label_relaxation" not in flagged and "poly1" not in flagged
+    assert "| closed_form/softmax_focal 256x1000" in out and "+25.0% |  SLOWER" in out
+    assert "+15.0% |\n" in out and "-33.3% |" in out
+    only_before = out.split("Only in the first file:")[1].split("\n\n")[0]
+    only_after = out.split("Only in the second file:")[1]
+    assert "confidence_penalty 256x10" in only_before and "balanced_softmax" not in only_before
+    assert "balanced_softmax 256x1000" in only_after
+
+
+def test_exits_1_on_a_regression_and_0_under_a_looser_threshold(runs):
+    """The exit status is what a CI step or a shell script checks."""
+    for args, status in (([], 1), (["--threshold=0.3"], 0)):
+        result = subprocess.run(
+            [sys.executable, SCRIPT, *runs, *args], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == status, result.stdout + result.stderr
+
+
+def test_matches_rows_by_group_loss_and_shape(compare_benchmarks, tmp_path):
+    """The same loss in two groups, or at two shapes, are separate rows; duplicates are refused."""
+    before = {
+        ("registered", "poly1", 256, 10): {"ratio": 1.0},
+        ("closed_form", "poly1", 256, 10): {"ratio": 1.0},
+    }
+    after = {
+        ("registered", "poly1", 256, 10): {"ratio": 1.0},
+        ("closed_form", "poly1", 256, 10): {"ratio": 2.0},
+    }
+    result = compare_benchmarks.compare(before, after, threshold=0.2)
+    assert result["flagged"] == [("closed_form", "poly1", 256, 10)]
+    path = _write(tmp_path / "twice.json", [_row("poly1", 10, 1.0)] * 2)
+    with pytest.raises(ValueError, match="two rows"):
+        compare_benchmarks.load_rows(path)
+    assert doctest.testmod(compare_benchmarks).failed == 0
