@@ -297,8 +297,8 @@ def eval_batches(
       process_count: P (default ``jax.process_count()``).
 
     Returns:
-      A :class:`BatchIterator` of ⌈N / B⌉ dicts with "features" (B/P, *feature_shape), "labels"
-      (B/P,) int32 and "mask" (B/P,) bool.
+      A :class:`BatchIterator` of ⌈N / B⌉ dicts with "features" ``(B/P, *feature_shape)``,
+      "labels" ``(B/P,)`` int32 and "mask" ``(B/P,)`` bool.
 
     Example:
       >>> from jaxloss.data import Dataset, InMemorySource
