@@ -57,10 +57,12 @@ def confidence_penalty_loss(
     parts = _softmax.softmax_parts(inputs.logits, inputs.labels, inputs.where)
     log_total = jnp.log(parts.total)
     # H(p) = log Σ e^z - Σ p_k z_k. Classes with p = 0 (masked, -inf or underflowed) add nothing:
-    # zero their logit rather than the product, so that neither the value nor the gradient forms
-    # 0 * inf.
-    shifted = jnp.where(parts.exp > 0, parts.shifted, 0.0)
-    entropy = log_total - jnp.sum(parts.exp * shifted, axis=-1) / parts.total
+    # raising a -inf logit to the lowest finite one keeps 0 * inf out of the value and the gradient
+    # (a max fuses where a compare-and-select took one more pass over the classes).
+    others = jnp.maximum(parts.shifted, jnp.finfo(parts.shifted.dtype).min)
+    label = jnp.where(parts.label_exp > 0, parts.label, 0.0)
+    expected = jnp.sum(parts.others * others, axis=-1) + parts.label_exp * label
+    entropy = log_total - expected / parts.total
     ce = log_total - parts.label
     return (ce - beta * entropy).astype(inputs.out_dtype)
 
@@ -117,7 +119,7 @@ def softmax_focal_loss(
     parts = _softmax.softmax_parts(inputs.logits, inputs.labels, inputs.where)
     nll = jnp.log(parts.total) - parts.label
     # The mass of the other kept classes: all of it when the label's class is masked.
-    rest = _softmax.sum_of_others(parts.exp, inputs.labels) / parts.total
+    rest = parts.rest / parts.total
     # 1 - p_y underflows to 0 only for logit gaps beyond ~87 (float32), where the loss and its
     # gradient are below 1e-38; the double where keeps log(0) out of the gradient.
     positive = rest > 0

@@ -70,7 +70,7 @@ def label_relaxation_loss(
     alpha = jnp.asarray(alpha, log_total.dtype)
     # 1 - p_y is the mass of the other kept classes: all of it when the label's class is masked,
     # which keeps that row outside the set and its value the cross-entropy's for alpha = 0.
-    rest = _softmax.sum_of_others(parts.exp, inputs.labels)
+    rest = parts.rest
     inside = rest <= alpha * parts.total
     # Inside the set the sum of the other classes may underflow to 0: log(1) keeps the branch that
     # is not taken finite.

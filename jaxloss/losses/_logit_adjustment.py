@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxloss import _validation
 from jaxloss.losses import _softmax
@@ -16,13 +17,27 @@ def _log_prior(values, num_classes: int, dtype) -> jax.Array:
     return jnp.log(counts) - jnp.log(jnp.sum(counts))
 
 
+def _known_spread(class_counts, tau) -> float | None:
+    """tau * log(max n / min n), the spread of the logit shift, when the counts and tau are
+    concrete; None when either is traced."""
+    try:
+        counts = np.asarray(class_counts, np.float64)
+        return float(tau) * float(np.log(counts.max() / counts.min()))
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return None
+
+
 def _adjusted_cross_entropy(logits, labels, *, class_counts, tau, axis, where):
     _validation.check_in_range("tau", tau, lower=0.0)
     inputs = _validation.prepare(logits, labels, axis=axis, where=where)
     shift = tau * _log_prior(class_counts, inputs.num_classes, inputs.logits.dtype)
-    # The prior joins after a max shift: z + log n at |z| = 1e4 would round log n to an ulp.
-    centred = inputs.logits - _softmax.row_max(inputs.logits, inputs.where)
-    ce = _softmax.cross_entropy(centred + shift, inputs.labels, where=inputs.where)
+    ce = _softmax.cross_entropy(
+        inputs.logits,
+        inputs.labels,
+        where=inputs.where,
+        bias=shift,
+        bias_spread=_known_spread(class_counts, tau),
+    )
     return ce.astype(inputs.out_dtype)
 
 

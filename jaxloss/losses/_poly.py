@@ -58,5 +58,5 @@ def poly1_loss(
     inputs = _validation.prepare(logits, labels, axis=axis, where=where)
     parts = _softmax.softmax_parts(inputs.logits, inputs.labels, inputs.where)
     ce = jnp.log(parts.total) - parts.label
-    rest = _softmax.sum_of_others(parts.exp, inputs.labels) / parts.total
+    rest = parts.rest / parts.total
     return (ce + epsilon * rest).astype(inputs.out_dtype)

@@ -23,18 +23,27 @@ import jax.numpy as jnp
 
 
 class SoftmaxParts(NamedTuple):
-    """z - max(z) over the kept classes, its exponential and sum, and the label's shifted logit.
+    """z (+ bias) shifted by its max over the kept classes, the exponentials of the classes other
+    than the label's and their sum, the total, and the label's shifted logit.
 
-    log p_y = label - log(total). A row with no class left (all masked, or all ``-inf``) has
-    total 1 and label 0, the parts of a prediction certain of its label: every loss that is 0 there
-    (cross-entropy, label relaxation, focal, confidence penalty) then gives 0 with gradient 0,
-    without a NaN from log(0) or -inf - (-inf).
+    log p_y = label - log(total) and 1 - p_y = rest / total. A row with no class left (all masked,
+    or all ``-inf``) has total 1, rest 0 and label 0, the parts of a prediction certain of its
+    label: every loss that is 0 there (cross-entropy, label relaxation, focal, confidence penalty)
+    then gives 0 with gradient 0, without a NaN from log(0) or -inf - (-inf).
     """
 
-    shifted: jax.Array  # (..., C), <= 0, -inf at masked classes
-    exp: jax.Array  # (..., C), in [0, 1], 0 at masked classes
-    total: jax.Array  # (...,), >= 1
-    label: jax.Array  # (...,), z_y - max(z), taken as it is when the label's class is masked
+    shifted: jax.Array  # (..., C), <= 0 (up to rounding), -inf at masked classes
+    others: jax.Array  # (..., C), exp(shifted) in [0, 1], 0 at the label's and masked classes
+    rest: jax.Array  # (...,), Σ others: (1 - p_y) total
+    label_exp: jax.Array  # (...,), exp(label): p_y total, 0 when the label's class is masked
+    total: jax.Array  # (...,), rest + label_exp: >= 1, or > e^-MAX_BIAS_SPREAD with a bias
+    label: jax.Array  # (...,), z_y shifted, taken as it is when the label's class is masked
+
+
+# Shifting by max(z) + max(b) keeps every exponent <= 0 and that of max(z)'s class above
+# -MAX_BIAS_SPREAD: the total stays above e^-16, so nothing overflows and a class that underflows
+# (float32: below e^-87) is below e^-71 of the total.
+MAX_BIAS_SPREAD = 16.0
 
 
 def _mask(logits: jax.Array, where: jax.Array | None) -> jax.Array:
@@ -61,26 +70,63 @@ def row_max(logits: jax.Array, where: jax.Array | None = None) -> jax.Array:
 
 
 def softmax_parts(
-    logits: jax.Array, labels: jax.Array, where: jax.Array | None = None
+    logits: jax.Array,
+    labels: jax.Array,
+    where: jax.Array | None = None,
+    *,
+    bias: jax.Array | None = None,
+    bias_spread: float | None = None,
 ) -> SoftmaxParts:
-    """The parts of softmax(logits) over the last axis; classes excluded by ``where`` get p = 0.
+    """The parts of softmax(logits + bias) over the last axis; classes excluded by ``where`` get
+    p = 0.
 
     Args:
       logits: shape ``(..., C)``, in the compute dtype.
       labels: integer labels, shape ``(...)``.
       where: optional boolean class mask of the logits' shape.
+      bias: optional finite per-class term, shape ``(C,)``, added after the max shift: z + b at
+        |z| = 1e4 would round b to an ulp (1e-3 in float32), (z - max(z + b)) + b keeps it.
+      bias_spread: max(bias) - min(bias) when it is known (concrete). Below
+        :data:`MAX_BIAS_SPREAD`, max(z) + max(b) is the shift: the max pass then reads the logits
+        alone, instead of z + b (whose broadcast XLA writes out as one more (..., C) array).
     """
     masked = _mask(logits, where)
-    top, kept = _shift(masked)
-    shifted = masked - top
-    exp = jnp.exp(shifted)
-    total = jnp.where(kept, jnp.sum(exp, axis=-1), 1.0)
-    label = jnp.where(kept, label_value(logits, labels) - top[..., 0], 0.0)
-    return SoftmaxParts(shifted, exp, total, label)
+    if bias is None:
+        top, kept = _shift(masked)
+        shifted = masked - top
+        label = label_value(logits, labels) - top[..., 0]
+    else:
+        if bias_spread is not None and bias_spread < MAX_BIAS_SPREAD:
+            top, kept = _shift(masked)
+            top = top + jnp.max(bias)
+        else:
+            top, kept = _shift(masked + bias)
+        shifted = (masked - top) + bias
+        label = (label_value(logits, labels) - top[..., 0]) + bias[labels]
+    # One (..., C) array and one reduction, of the other classes (masked before the exponential, so
+    # that the gradient reads the same array): the total adds the label's term to their sum, so that
+    # 1 - p_y = rest / total keeps full relative precision when p_y rounds to 1 (total - exp_y
+    # would cancel to 0), without a second pass over the classes.
+    others = jnp.exp(
+        jnp.where(jnp.arange(logits.shape[-1]) != labels[..., None], shifted, -jnp.inf)
+    )
+    rest = jnp.where(kept, jnp.sum(others, axis=-1), 0.0)
+    label = jnp.where(kept, label, 0.0)
+    label_exp = jnp.exp(label)
+    if where is not None:
+        # An excluded label class leaves the total; its logit still enters the loss as it is.
+        label_exp = jnp.where(label_value(where, labels), label_exp, 0.0)
+    total = jnp.where(kept, rest + label_exp, 1.0)
+    return SoftmaxParts(shifted, others, rest, label_exp, total, label)
 
 
 def cross_entropy(
-    logits: jax.Array, labels: jax.Array, *, where: jax.Array | None = None
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    where: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    bias_spread: float | None = None,
 ) -> jax.Array:
     r"""Softmax cross-entropy with integer labels, optax's semantics on prepared arrays.
 
@@ -96,6 +142,8 @@ def cross_entropy(
       logits: shape ``(..., C)``, in the compute dtype.
       labels: integer labels in ``[0, C)``, shape ``(...)``.
       where: optional boolean class mask of the logits' shape; False excludes a class.
+      bias: optional per-class term added to the logits, as in :func:`softmax_parts`.
+      bias_spread: max(bias) - min(bias) when known, as in :func:`softmax_parts`.
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.
@@ -107,7 +155,7 @@ def cross_entropy(
       >>> print(cross_entropy(logits, jnp.array([0, 1])).round(4).tolist())
       [0.2761, 2.9518]
     """
-    parts = softmax_parts(logits, labels, where)
+    parts = softmax_parts(logits, labels, where, bias=bias, bias_spread=bias_spread)
     return jnp.log(parts.total) - parts.label
 
 
@@ -122,13 +170,3 @@ def label_value(values: jax.Array, labels: jax.Array) -> jax.Array:
       Shape ``(...)``.
     """
     return jnp.take_along_axis(values, labels[..., None], axis=-1)[..., 0]
-
-
-def sum_of_others(values: jax.Array, labels: jax.Array) -> jax.Array:
-    """Σ_{k≠y} values_k, a masked sum rather than a difference.
-
-    Applied to the exponentials it gives (1 - p_y)·total with full relative precision, where
-    total - exp_y would cancel to 0 as soon as p_y rounds to 1.
-    """
-    others = jnp.arange(values.shape[-1]) != labels[..., None]
-    return jnp.sum(jnp.where(others, values, 0.0), axis=-1)

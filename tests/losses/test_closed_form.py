@@ -199,6 +199,24 @@ def test_balanced_softmax_is_invariant_to_rescaling_counts():
     )
 
 
+def test_logit_adjusted_loss_stays_exact_for_a_prior_spread_beyond_float32_exponents():
+    """tau log(max n / min n) = 104 here: shifting by max(z) + max(tau log pi) (the one-pass shift
+    of small spreads) would leave every exponent of the first row below e^-87 (loss inf), so such
+    spreads, and counts traced under jit, take the max of z + tau log pi."""
+    counts = np.array([1.0, 1e9, 1e9, 1e9])
+    z = np.array([[200.0, 0.0, 0.0, 0.0], [0.0, 3.0, -1.0, 2.0]])
+    y = np.array([1, 0])
+    expected = ref_logit_adjusted(z, y, counts / counts.sum(), tau=5.0)
+
+    def loss(x, c):
+        return jaxloss.logit_adjusted_loss(x, y, class_counts=c, tau=5.0)
+
+    x = jnp.asarray(z, jnp.float32)
+    for got in (loss(x, counts), jax.jit(loss)(x, counts)):
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert np.all(np.isfinite(jax.grad(lambda x: loss(x, counts).sum())(x)))
+
+
 def test_logit_adjust_moves_predictions_to_rare_classes():
     priors = COUNTS / COUNTS.sum()
     z = jnp.zeros((NUM_CLASSES,))
