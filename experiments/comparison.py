@@ -97,14 +97,6 @@ def trial_grid(
     return {name: [float(v) for v in values] for name, values in grid.items()}
 
 
-def _apply(config: ml_collections.ConfigDict, values: dict[str, float]) -> None:
-    for name, value in values.items():
-        if name == "learning_rate":
-            config.optimizer.learning_rate = value
-        else:
-            config.loss.hyperparameters[name] = value
-
-
 def tune(
     config: ml_collections.ConfigDict, *, trials: int, decades: float, seed: int, workdir: str
 ) -> Tuning:
@@ -155,7 +147,9 @@ def run_cell(
             seed=tuning.seed,
             workdir=os.path.join(workdir, "tuning"),
         )
-        _apply(config, chosen.selected)
+        # The selected values as a one-configuration population: traced, so every cell with the
+        # same model compiles the same program (a persistent-cache hit), not one per value.
+        config.population = {name: (value,) for name, value in chosen.selected.items()}
     out = train_and_evaluate(config, os.path.join(workdir, "final"))
     best = out["best"]
     k = min(top_k, len(out["class_names"]))

@@ -141,9 +141,9 @@ def test_tuning_selects_on_validation_and_reports_fresh_seeds(tmp_path):
     assert cell.metrics["accuracy"].shape == (2,)  # the reported seeds, not the tuning seed
     with open(os.path.join(tmp_path, "final", "config.json")) as f:
         final = json.load(f)
-    assert final["seed"] == 0 and final["optimizer"]["learning_rate"] == pytest.approx(
-        cell.tuning.selected["learning_rate"]
-    )
+    assert final["seed"] == 0 and final["population"]["learning_rate"] == [
+        pytest.approx(cell.tuning.selected["learning_rate"])
+    ]
 
 
 def test_readme_table_is_replaced_between_its_markers(tmp_path):
