@@ -54,16 +54,17 @@ def confidence_penalty_loss(
     """
     _validation.check_in_range("beta", beta, lower=0.0)
     inputs = _validation.prepare(logits, labels, axis=axis, where=where)
-    parts = _softmax.softmax_parts(inputs.logits, inputs.labels, inputs.where)
-    log_total = jnp.log(parts.total)
+    # The exponentials of every class: H needs all of them, 1 - p_y (the others') is not needed.
+    shifted, label, kept = _softmax.shifted_logits(inputs.logits, inputs.labels, inputs.where)
+    exp = jnp.exp(shifted)
+    total = jnp.where(kept, jnp.sum(exp, axis=-1), 1.0)
+    log_total = jnp.log(total)
     # H(p) = log Σ e^z - Σ p_k z_k. Classes with p = 0 (masked, -inf or underflowed) add nothing:
-    # raising a -inf logit to the lowest finite one keeps 0 * inf out of the value and the gradient
-    # (a max fuses where a compare-and-select took one more pass over the classes).
-    others = jnp.maximum(parts.shifted, jnp.finfo(parts.shifted.dtype).min)
-    label = jnp.where(parts.label_exp > 0, parts.label, 0.0)
-    expected = jnp.sum(parts.others * others, axis=-1) + parts.label_exp * label
-    entropy = log_total - expected / parts.total
-    ce = log_total - parts.label
+    # zero their logit rather than the product, so that neither the value nor the gradient forms
+    # 0 * inf.
+    shifted = jnp.where(exp > 0, shifted, 0.0)
+    entropy = log_total - jnp.sum(exp * shifted, axis=-1) / total
+    ce = log_total - label
     return (ce - beta * entropy).astype(inputs.out_dtype)
 
 

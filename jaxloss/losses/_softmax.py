@@ -23,20 +23,16 @@ import jax.numpy as jnp
 
 
 class SoftmaxParts(NamedTuple):
-    """z (+ bias) shifted by its max over the kept classes, the exponentials of the classes other
-    than the label's and their sum, the total, and the label's shifted logit.
+    """Σ e^z over the kept classes other than the label's, over all of them, and z_y, after a shift.
 
     log p_y = label - log(total) and 1 - p_y = rest / total. A row with no class left (all masked,
     or all ``-inf``) has total 1, rest 0 and label 0, the parts of a prediction certain of its
-    label: every loss that is 0 there (cross-entropy, label relaxation, focal, confidence penalty)
-    then gives 0 with gradient 0, without a NaN from log(0) or -inf - (-inf).
+    label: every loss that is 0 there (cross-entropy, label relaxation, focal, poly-1) then gives 0
+    with gradient 0, without a NaN from log(0) or -inf - (-inf).
     """
 
-    shifted: jax.Array  # (..., C), <= 0 (up to rounding), -inf at masked classes
-    others: jax.Array  # (..., C), exp(shifted) in [0, 1], 0 at the label's and masked classes
-    rest: jax.Array  # (...,), Σ others: (1 - p_y) total
-    label_exp: jax.Array  # (...,), exp(label): p_y total, 0 when the label's class is masked
-    total: jax.Array  # (...,), rest + label_exp: >= 1, or > e^-MAX_BIAS_SPREAD with a bias
+    rest: jax.Array  # (...,), Σ_{k≠y} e^{z_k}: (1 - p_y) total
+    total: jax.Array  # (...,), rest + p_y total: >= 1, or > e^-MAX_BIAS_SPREAD with a bias
     label: jax.Array  # (...,), z_y shifted, taken as it is when the label's class is masked
 
 
@@ -69,6 +65,47 @@ def row_max(logits: jax.Array, where: jax.Array | None = None) -> jax.Array:
     return _shift(_mask(logits, where))[0]
 
 
+def shifted_logits(
+    logits: jax.Array,
+    labels: jax.Array,
+    where: jax.Array | None = None,
+    *,
+    bias: jax.Array | None = None,
+    bias_spread: float | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """logits + bias shifted by their max over the kept classes of the last axis.
+
+    Args:
+      logits: shape ``(..., C)``, in the compute dtype.
+      labels: integer labels, shape ``(...)``.
+      where: optional boolean class mask of the logits' shape.
+      bias: optional finite per-class term, shape ``(C,)``, added after the max shift: z + b at
+        |z| = 1e4 would round b to an ulp (1e-3 in float32), (z - max(z + b)) + b keeps it.
+      bias_spread: max(bias) - min(bias) when it is known (concrete). Below
+        :data:`MAX_BIAS_SPREAD`, max(z) + max(b) is the shift: the max pass then reads the logits
+        alone, instead of z + b (whose broadcast XLA writes out as one more (..., C) array).
+
+    Returns:
+      ``(shifted, label, kept)``: the shifted values, shape ``(..., C)``, -inf at masked classes;
+      the label's shifted value, taken as it is when its class is masked, 0 on a row with no class
+      left; and whether the row keeps a class, shape ``(...)``.
+    """
+    masked = _mask(logits, where)
+    if bias is None:
+        top, kept = _shift(masked)
+        shifted = masked - top
+        label = label_value(logits, labels) - top[..., 0]
+    else:
+        if bias_spread is not None and bias_spread < MAX_BIAS_SPREAD:
+            top, kept = _shift(masked)
+            top = top + jnp.max(bias)
+        else:
+            top, kept = _shift(masked + bias)
+        shifted = (masked - top) + bias
+        label = (label_value(logits, labels) - top[..., 0]) + bias[labels]
+    return shifted, jnp.where(kept, label, 0.0), kept
+
+
 def softmax_parts(
     logits: jax.Array,
     labels: jax.Array,
@@ -84,25 +121,10 @@ def softmax_parts(
       logits: shape ``(..., C)``, in the compute dtype.
       labels: integer labels, shape ``(...)``.
       where: optional boolean class mask of the logits' shape.
-      bias: optional finite per-class term, shape ``(C,)``, added after the max shift: z + b at
-        |z| = 1e4 would round b to an ulp (1e-3 in float32), (z - max(z + b)) + b keeps it.
-      bias_spread: max(bias) - min(bias) when it is known (concrete). Below
-        :data:`MAX_BIAS_SPREAD`, max(z) + max(b) is the shift: the max pass then reads the logits
-        alone, instead of z + b (whose broadcast XLA writes out as one more (..., C) array).
+      bias: optional finite per-class term, shape ``(C,)``, as in :func:`shifted_logits`.
+      bias_spread: max(bias) - min(bias) when known, as in :func:`shifted_logits`.
     """
-    masked = _mask(logits, where)
-    if bias is None:
-        top, kept = _shift(masked)
-        shifted = masked - top
-        label = label_value(logits, labels) - top[..., 0]
-    else:
-        if bias_spread is not None and bias_spread < MAX_BIAS_SPREAD:
-            top, kept = _shift(masked)
-            top = top + jnp.max(bias)
-        else:
-            top, kept = _shift(masked + bias)
-        shifted = (masked - top) + bias
-        label = (label_value(logits, labels) - top[..., 0]) + bias[labels]
+    shifted, label, kept = shifted_logits(logits, labels, where, bias=bias, bias_spread=bias_spread)
     # One (..., C) array and one reduction, of the other classes (masked before the exponential, so
     # that the gradient reads the same array): the total adds the label's term to their sum, so that
     # 1 - p_y = rest / total keeps full relative precision when p_y rounds to 1 (total - exp_y
@@ -111,13 +133,12 @@ def softmax_parts(
         jnp.where(jnp.arange(logits.shape[-1]) != labels[..., None], shifted, -jnp.inf)
     )
     rest = jnp.where(kept, jnp.sum(others, axis=-1), 0.0)
-    label = jnp.where(kept, label, 0.0)
     label_exp = jnp.exp(label)
     if where is not None:
         # An excluded label class leaves the total; its logit still enters the loss as it is.
         label_exp = jnp.where(label_value(where, labels), label_exp, 0.0)
     total = jnp.where(kept, rest + label_exp, 1.0)
-    return SoftmaxParts(shifted, others, rest, label_exp, total, label)
+    return SoftmaxParts(rest, total, label)
 
 
 def cross_entropy(
