@@ -65,7 +65,8 @@ def run_config(
     ``setup_module`` is an experiment config module (``experiments/configs/<setup>.py``) whose
     ``get_config(loss)`` sets the loss and its default hyperparameters. The comparison fixes the
     number of seeds and the top-k cut-off of the metrics and of the top-k losses, turns off the
-    progress bar and checkpoints (a comparison is re-run, not resumed), and changes nothing else.
+    progress bar, TensorBoard events and checkpoints (a comparison is re-run, not resumed; its
+    report is the record), and changes nothing else.
     """
     config = setup_module.get_config(loss)
     config.num_seeds = num_seeds
@@ -73,6 +74,7 @@ def run_config(
     if "k" in config.loss.hyperparameters:
         config.loss.hyperparameters.k = top_k
     config.progress_bar = False
+    config.tensorboard = False
     config.checkpoint_every_epochs = 0
     return config
 

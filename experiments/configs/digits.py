@@ -48,6 +48,7 @@ def get_config(loss: str = "cross_entropy") -> ml_collections.ConfigDict:
     config.top_k = 5
     config.checkpoint_every_epochs = 1  # 0: no checkpoints (and no resume)
     config.progress_bar = True
+    config.tensorboard = True  # TensorBoard events in workdir/tensorboard
     config.stop_on_nan = True  # False: a diverged model keeps NaN metrics, the others go on
     config.log_every_steps = 10
 

@@ -34,7 +34,9 @@ from jax.experimental import multihost_utils
 __all__ = ["COSMETIC_CONFIG_FIELDS", "CheckpointError", "Checkpointer", "config_differences"]
 
 # Settings that change how a run is watched, not what it computes: they may differ on resume.
-COSMETIC_CONFIG_FIELDS = frozenset({"progress_bar", "log_every_steps", "stop_on_nan"})
+COSMETIC_CONFIG_FIELDS = frozenset(
+    {"progress_bar", "log_every_steps", "stop_on_nan", "tensorboard"}
+)
 # How many paths an error message lists before it only counts the rest.
 _MAX_LISTED = 5
 

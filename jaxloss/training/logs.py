@@ -47,6 +47,7 @@ class MetricLogger:
         TensorBoard events need tensorboardX's own extra dependencies for that store).
       history: epochs already logged by an earlier, interrupted run; the JSON lines file is
         rewritten with exactly these, dropping any epoch logged after the last checkpoint.
+      tensorboard: also write TensorBoard events (a sweep of many short runs may skip them).
 
     Example:
       >>> import tempfile
@@ -59,7 +60,13 @@ class MetricLogger:
       {"epoch": 1, "loss": [0.125, 0.0625]}
     """
 
-    def __init__(self, workdir: str | epath.PathLike, *, history: Iterable[Mapping] = ()):
+    def __init__(
+        self,
+        workdir: str | epath.PathLike,
+        *,
+        history: Iterable[Mapping] = (),
+        tensorboard: bool = True,
+    ):
         self.path = epath.Path(workdir) / "metrics.jsonl"
         self._file = self._events = None
         if jax.process_index() != 0:
@@ -67,7 +74,8 @@ class MetricLogger:
         self._file = self.path.open("w")
         self._file.writelines(_json_line(record) for record in history)
         self._file.flush()
-        self._events = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+        if tensorboard:
+            self._events = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
 
     def write(self, record: Mapping) -> None:
         """Logs one epoch's record (it must hold an integer ``"epoch"``)."""
@@ -75,6 +83,8 @@ class MetricLogger:
             return
         self._file.write(_json_line(record))
         self._file.flush()
+        if self._events is None:
+            return
         step = int(record["epoch"])
         for key, value in record.items():
             values = np.atleast_1d(np.asarray(value))
@@ -89,7 +99,8 @@ class MetricLogger:
         if self._file is None:
             return
         self._file.close()
-        self._events.close()
+        if self._events is not None:
+            self._events.close()
 
 
 def progress_bar(total: int, *, epoch: int, num_epochs: int, enabled: bool) -> tqdm:

@@ -334,7 +334,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
     # Written once the checkpoints agree with the config, so a refused run changes nothing.
     _write_config(config_json, workdir)
-    logger = logs.MetricLogger(workdir, history=history)
+    logger = logs.MetricLogger(
+        workdir, history=history, tensorboard=config.get("tensorboard", True)
+    )
     # One stream for the run: each host reads its rows of every member's shuffle. Checkpoints are
     # taken at epoch ends, so the checkpointed epoch fixes the stream's position exactly.
     batches = data.train_batches(

@@ -65,3 +65,11 @@ def test_processes_other_than_0_write_nothing_and_show_no_bar(tmp_path, monkeypa
     logger.write({"epoch": 1, "a": np.array([2.0])})
     logger.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tensorboard_events_can_be_left_out(tmp_path):
+    logger = logs.MetricLogger(tmp_path, tensorboard=False)
+    logger.write({"epoch": 0, "loss": np.array([0.5])})
+    logger.close()
+    assert (tmp_path / "metrics.jsonl").read_text().startswith('{"epoch": 0')
+    assert not (tmp_path / "tensorboard").exists()
