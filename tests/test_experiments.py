@@ -3,17 +3,14 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
+from tests import testing
 from tests.testing import REPO_ROOT
 
 
 def _run(args, cwd):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    result = subprocess.run(
-        [sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=cwd, env=env
-    )
+    script, *rest = args
+    result = testing.run_script(os.path.basename(script), *rest, cwd=cwd)
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout
 

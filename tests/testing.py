@@ -118,3 +118,15 @@ def spec_call(spec, *, num_classes: int, seed: int = 0, k: int = 2):
         return spec.fn(logits, labels, **{**hyperparameters, **overrides})
 
     return call
+
+
+def run_script(name: str, *args: str, cwd: str = REPO_ROOT, timeout: float = 600):
+    """Runs ``experiments/<name>`` with ``args`` on the CPU; returns the CompletedProcess (text)."""
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "experiments", name), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )

@@ -147,11 +147,25 @@ class Source(abc.ABC):
         return f"{type(self).__name__}({self.name!r}, {len(self)} examples)"
 
 
-def _describe(source: Source, *, num_classes, class_names, name, metadata) -> None:
+def _describe(
+    source: Source,
+    *,
+    num_classes,
+    class_names,
+    name,
+    metadata,
+    feature_shape,
+    feature_dtype,
+    normalization,
+) -> None:
+    """Sets the facts every source exposes (class set, name, feature layout, normalization)."""
     source.num_classes = int(num_classes)
     source.class_names = tuple(str(c) for c in class_names)
     source.name = name
     source.metadata = dict(metadata)
+    source.feature_shape = tuple(feature_shape)
+    source.feature_dtype = np.dtype(feature_dtype)
+    source.normalization = normalization
 
 
 class InMemorySource(Source):
@@ -172,11 +186,11 @@ class InMemorySource(Source):
             class_names=dataset.class_names,
             name=dataset.name,
             metadata=dataset.metadata,
+            feature_shape=dataset.features.shape[1:],
+            feature_dtype=dataset.features.dtype,
+            normalization=Normalization(),
         )
         self.labels = dataset.labels
-        self.feature_shape = dataset.features.shape[1:]
-        self.feature_dtype = dataset.features.dtype
-        self.normalization = Normalization()
 
     def __len__(self) -> int:
         return int(self._features.shape[0])
@@ -209,10 +223,10 @@ class TfdsSource(Source):
             class_names=label.names,
             name=name,
             metadata=metadata,
+            feature_shape=tuple(info.features["image"].shape),
+            feature_dtype=np.dtype(np.uint8),
+            normalization=normalization,
         )
-        self.feature_shape = tuple(info.features["image"].shape)
-        self.feature_dtype = np.dtype(np.uint8)
-        self.normalization = normalization
 
     def __len__(self) -> int:
         return len(self._data_source)
@@ -300,10 +314,10 @@ class ArrayRecordSource(Source):
             class_names=class_names or tuple(str(c) for c in range(num_classes)),
             name=name,
             metadata={"paths": self._paths},
+            feature_shape=tuple(feature_shape),
+            feature_dtype=np.dtype(feature_dtype).newbyteorder("<"),
+            normalization=normalization or Normalization(),
         )
-        self.feature_shape = tuple(feature_shape)
-        self.feature_dtype = np.dtype(feature_dtype).newbyteorder("<")
-        self.normalization = normalization or Normalization()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -334,10 +348,10 @@ class _View(Source):
             class_names=parent.class_names,
             name=name,
             metadata=metadata,
+            feature_shape=parent.feature_shape,
+            feature_dtype=parent.feature_dtype,
+            normalization=parent.normalization,
         )
-        self.feature_shape = parent.feature_shape
-        self.feature_dtype = parent.feature_dtype
-        self.normalization = parent.normalization
 
     def __len__(self) -> int:
         return len(self._parent) if self._indices is None else int(self._indices.shape[0])

@@ -222,30 +222,15 @@ def test_global_batch_on_four_devices():
 
 
 def test_benchmark_script_reports_pipeline_rates(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from tests.testing import REPO_ROOT
+    from tests.testing import run_script
 
     path = tmp_path / "rows.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO_ROOT, "experiments", "benchmark_input.py"),
-            "--num_examples=300",
-            "--batch_size=32",
-            "--batches=3",
-            "--warmup=1",
-            "--workers=0",
-            "--model_steps=0",
-            f"--json={path}",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
+    result = run_script(
+        "benchmark_input.py",
+        "--num_examples=300", "--batch_size=32", "--batches=3", "--warmup=1", "--workers=0",
+        "--model_steps=0", f"--json={path}",
         timeout=300,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    )
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     rows = json.loads(path.read_text())
     assert [r["what"] for r in rows] == ["pipeline, 0 worker processes"]

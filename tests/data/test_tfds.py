@@ -75,27 +75,16 @@ def test_unprepared_dataset_names_the_command(tmp_path):
 
 
 def test_main_on_an_unprepared_dataset_fails_in_a_few_lines_and_writes_nothing(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    from tests.testing import REPO_ROOT
+    from tests.testing import REPO_ROOT, run_script
 
     workdir = tmp_path / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(REPO_ROOT, "experiments", "main.py"),
-            "--config",
-            os.path.join(REPO_ROOT, "experiments", "configs", "mnist.py"),
-            f"--workdir={workdir}",
-            f"--config.data.data_dir={tmp_path / 'no_data'}",
-        ],  # fmt: skip
-        capture_output=True,
-        text=True,
+    result = run_script(
+        "main.py",
+        "--config", f"{REPO_ROOT}/experiments/configs/mnist.py",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={tmp_path / 'no_data'}",
         timeout=300,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    )
+    )  # fmt: skip
     assert result.returncode == 1
     assert "tfds build mnist --file_format=array_record" in result.stderr
     assert len(result.stderr.splitlines()) < 10 and "Traceback" not in result.stderr

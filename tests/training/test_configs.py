@@ -4,8 +4,6 @@ import glob
 import importlib
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -14,7 +12,7 @@ from flax import nnx
 
 import jaxloss
 from jaxloss.training import build_model
-from tests.testing import REPO_ROOT
+from tests.testing import run_script
 from tests.training.tiny import EXPERIMENTS
 
 INPUT_SHAPES = {
@@ -60,10 +58,8 @@ def test_config_builds_its_model_and_loss(name):
         assert module.get_config(loss).loss.name == loss
 
 
-def _main(*args, cwd=REPO_ROOT):
-    command = [sys.executable, os.path.join(EXPERIMENTS, "main.py"), *args]
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+def _main(*args):
+    return run_script("main.py", *args, timeout=300)
 
 
 def test_main_trains_with_overrides_prints_a_summary_and_reruns_quietly(tmp_path):
