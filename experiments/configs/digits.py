@@ -51,6 +51,9 @@ def get_config(loss: str = "cross_entropy") -> ml_collections.ConfigDict:
     config.tensorboard = True  # TensorBoard events in workdir/tensorboard
     config.stop_on_nan = True  # False: a diverged model keeps NaN metrics, the others go on
     config.log_every_steps = 10
+    # Optimizer steps per compiled call (the largest divisor of an epoch's steps up to this):
+    # one host round trip per call instead of per step.
+    config.steps_per_call = 32
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "digits"

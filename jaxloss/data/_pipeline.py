@@ -43,15 +43,21 @@ def _process(process_index: int | None, process_count: int | None, global_batch_
 
 
 class _TrainBatcher:
-    """Step -> this host's rows of the global training batch (picklable for worker processes)."""
+    """Item -> this host's rows of the global training batches of its steps (picklable for worker
+    processes)."""
 
-    def __init__(self, source, seeds, global_batch_size, process_index, local_batch_size, stack):
+    def __init__(
+        self, source, seeds, global_batch_size, process_index, local_batch_size, stack, group
+    ):
         self.source = source
         self.seeds = seeds
         self.global_batch_size = global_batch_size
         self.offset = process_index * local_batch_size
         self.local_batch_size = local_batch_size
         self.stack = stack
+        # None: one step per item, without a step axis.
+        self.grouped = group is not None
+        self.group = group or 1
         self.steps_per_epoch = len(source) // global_batch_size
         self._init_cache()
 
@@ -77,12 +83,19 @@ class _TrainBatcher:
                 self._orders[(seed, epoch)] = order
         return order
 
-    def __call__(self, step: int) -> dict[str, np.ndarray]:
-        epoch, position = divmod(step, self.steps_per_epoch)
-        start = position * self.global_batch_size + self.offset
-        rows = [self._order(s, epoch)[start : start + self.local_batch_size] for s in self.seeds]
+    def __call__(self, item: int) -> dict[str, np.ndarray]:
+        # Item i holds steps [i·G, (i + 1)·G), read at once (one gather from the source).
+        rows = []
+        for step in range(item * self.group, (item + 1) * self.group):
+            epoch, position = divmod(step, self.steps_per_epoch)
+            start = position * self.global_batch_size + self.offset
+            rows += [
+                self._order(s, epoch)[start : start + self.local_batch_size] for s in self.seeds
+            ]
         batch = self.source.read(np.concatenate(rows))
         lead = (len(self.seeds), self.local_batch_size) if self.stack else (self.local_batch_size,)
+        if self.grouped:
+            lead = (self.group, *lead)
         return {key: value.reshape(lead + value.shape[1:]) for key, value in batch.items()}
 
 
@@ -126,8 +139,10 @@ class BatchIterator:
         num_steps: int | None,
         worker_count: int,
         prefetch: int,
+        steps_per_item: int = 1,
     ):
         self._batcher = batcher
+        self._steps_per_item = steps_per_item
         self._stop = sys.maxsize if num_steps is None else num_steps
         self._worker_count = check_integer("worker_count", worker_count, lower=0)
         self._prefetch = check_integer("prefetch", prefetch, lower=0)
@@ -137,7 +152,9 @@ class BatchIterator:
     def _open(self):
         import grain
 
-        steps = grain.MapDataset.range(self._step, max(self._step, self._stop)).map(self._batcher)
+        group = self._steps_per_item
+        items = grain.MapDataset.range(self._step // group, max(self._step, self._stop) // group)
+        steps = items.map(self._batcher)
         # Threads read whole batches ahead in each process (0: read when asked, in this thread).
         threads = min(self._prefetch, 4)
         pipeline = steps.to_iter_dataset(
@@ -148,7 +165,7 @@ class BatchIterator:
                 # Grain 0.2 reads an absl flag when starting workers, which fails outside an absl
                 # app (tests, notebooks) unless the flags count as parsed; their defaults apply.
                 flags.FLAGS.mark_as_parsed()
-            # Grain gives worker w the steps w, w + W, ... and returns them in step order.
+            # Grain gives worker w the items w, w + W, ... and returns them in order.
             pipeline = pipeline.mp_prefetch(
                 grain.MultiprocessingOptions(
                     num_workers=self._worker_count, per_worker_buffer_size=max(self._prefetch, 1)
@@ -169,6 +186,11 @@ class BatchIterator:
         """Continues from ``state`` (from :meth:`get_state`, possibly of another iterator of the same
         arguments in another process)."""
         step = check_integer("step", state["step"], lower=0, upper=self._stop)
+        if step % self._steps_per_item:
+            raise ValueError(
+                f"step {step} is inside an item of {self._steps_per_item} steps; resume at a "
+                "multiple of steps_per_item."
+            )
         self.close()
         self._step = step
         self._iterator = self._open()
@@ -180,7 +202,7 @@ class BatchIterator:
         if self._step >= self._stop:
             raise StopIteration
         batch = next(self._iterator)
-        self._step += 1
+        self._step += self._steps_per_item
         return batch
 
     def __len__(self) -> int:
@@ -208,6 +230,7 @@ def train_batches(
     global_batch_size: int,
     seed: int | Sequence[int],
     start_step: int = 0,
+    steps_per_item: int | None = None,
     worker_count: int = 0,
     prefetch: int = 2,
     process_index: int | None = None,
@@ -225,7 +248,11 @@ def train_batches(
       global_batch_size: B, summed over all processes; a multiple of P.
       seed: the shuffle seed, or one per population member: the batches are then stacked, member i
         with its own order from ``seed[i]``.
-      start_step: the first step to yield (resume at ``epoch * S + step``).
+      start_step: the first step to yield (resume at ``epoch * S + step``); a multiple of
+        ``steps_per_item``.
+      steps_per_item: G, consecutive steps per item, stacked on a leading axis (G, ...), so
+        that a compiled loop can take several steps per call (None: one step per item, no
+        step axis).
       worker_count: Grain worker processes reading batches (0: this process, enough for small or
         in-memory data; workers receive the source pickled).
       prefetch: batches read ahead by background threads in each process (0: none).
@@ -235,10 +262,11 @@ def train_batches(
     Returns:
       A :class:`BatchIterator` of dicts with "features" ``(B/P, *feature_shape)`` in the source's
       dtype and "labels" (B/P,) int32, each with a leading member axis (M, B/P, ...) when ``seed``
-      is a sequence. Apply ``source.normalization`` on device.
+      is a sequence, and a leading step axis (G, ...) with ``steps_per_item``. Apply
+      ``source.normalization`` on device.
 
     Raises:
-      ValueError: B larger than N, or not divisible by P.
+      ValueError: B larger than N, or not divisible by P; ``start_step`` not a multiple of G.
 
     Example:
       >>> from jaxloss.data import Dataset, InMemorySource
@@ -262,10 +290,13 @@ def train_batches(
             f"{source.name!r}; no full batch can be formed."
         )
     p, _, local = _process(process_index, process_count, global_batch_size)
-    batcher = _TrainBatcher(source, seeds, global_batch_size, p, local, stack)
+    if steps_per_item is not None:
+        steps_per_item = check_integer("steps_per_item", steps_per_item, lower=1)
+    batcher = _TrainBatcher(source, seeds, global_batch_size, p, local, stack, steps_per_item)
     return BatchIterator(
         batcher,
         start_step=check_integer("start_step", start_step, lower=0),
+        steps_per_item=steps_per_item or 1,
         num_steps=None,
         worker_count=worker_count,
         prefetch=prefetch,
@@ -328,7 +359,8 @@ def global_batch(batch, sharding: jax.sharding.NamedSharding):
 
     Args:
       batch: a pytree of host-local NumPy arrays, e.g. a batch of :func:`train_batches`.
-      sharding: ``NamedSharding(mesh, P(None, "data"))`` for stacked (M, b, ...) member batches,
+      sharding: ``NamedSharding(mesh, P(None, "data"))`` for stacked (M, b, ...) member batches
+        (``P(None, None, "data")`` for items of G steps (G, M, b, ...)),
         ``NamedSharding(mesh, P("data"))`` for (b, ...) evaluation batches.
 
     Returns:

@@ -1,5 +1,5 @@
-"""Orbax checkpoints of a run: the training state, the best epoch so far, the metric history and
-the run's config, each verified when restored.
+"""Orbax checkpoints of a run: the training state, the best epoch so far, the metric history, the
+run's config and the input pipeline's state, each verified when restored.
 
 Arrays are saved as flat dicts keyed by their pytree paths (``jax.tree_util.keystr``), so the
 on-disk layout does not depend on how Flax builds its pytree nodes, and a restore matches arrays by
@@ -7,7 +7,8 @@ name: a checkpoint of another model, or of one whose arrays were renamed or reor
 error naming the paths instead of weights loaded into the wrong slots.
 
 Storage can go bad without Orbax noticing (flipped bytes in its data files restore silently), so
-every checkpoint also holds the SHA-256 of each array's bytes and of its history, and a restore
+every checkpoint also holds the SHA-256 of each array's bytes, of its history and of the pipeline
+state, and a restore
 recomputes them. :meth:`Checkpointer.restore` raises :class:`CheckpointError` on a mismatch;
 :meth:`Checkpointer.restore_latest` instead falls back to the newest intact checkpoint and deletes
 the damaged newer ones (the run trains those epochs again).
@@ -193,6 +194,7 @@ class Checkpointer:
                 "history": ocp.JsonCheckpointHandler(),
                 "checksums": ocp.JsonCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler(),
+                "data": ocp.JsonCheckpointHandler(),
             },
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True
@@ -204,7 +206,14 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(
-        self, epoch: int, *, state: Any, best: dict, history: list, config: dict | None = None
+        self,
+        epoch: int,
+        *,
+        state: Any,
+        best: dict,
+        history: list,
+        config: dict | None = None,
+        data: dict | None = None,
     ) -> None:
         """Writes the checkpoint of a finished epoch, with the checksums of all it holds.
 
@@ -214,19 +223,25 @@ class Checkpointer:
           best: the best-epoch record (a dict of arrays).
           history: the per-epoch metric records (JSON-able).
           config: the run's config as a JSON-able dict, for :meth:`restore` to compare.
+          data: the input pipeline's state (:meth:`jaxloss.data.BatchIterator.get_state`), so that
+            a resumed run reads the batches an uninterrupted one would.
         """
         flat = {"state": _flatten(state), "best": _flatten(best)}
         checksums = {item: _checksums(arrays) for item, arrays in flat.items()}
         checksums["history"] = _json_checksum(history)
         items = {item: ocp.args.StandardSave(arrays) for item, arrays in flat.items()}
-        items.update(history=ocp.args.JsonSave(history), checksums=ocp.args.JsonSave(checksums))
+        items.update(history=ocp.args.JsonSave(history))
         if config is not None:
             items["config"] = ocp.args.JsonSave(config)
+        if data is not None:
+            checksums["data"] = _json_checksum(data)
+            items["data"] = ocp.args.JsonSave(data)
+        items["checksums"] = ocp.args.JsonSave(checksums)
         self._manager.save(epoch, args=ocp.args.Composite(**items))
 
     def restore(
         self, epoch: int, *, state: Any, best: dict, config: dict | None = None
-    ) -> tuple[Any, dict, list]:
+    ) -> tuple[Any, dict, list, dict | None]:
         """Restores ``epoch`` into the structure, shapes and shardings of ``state`` and ``best``.
 
         Args:
@@ -237,7 +252,8 @@ class Checkpointer:
             a config, they must agree on all fields but :data:`COSMETIC_CONFIG_FIELDS`.
 
         Returns:
-          ``(state, best, history)`` as saved.
+          ``(state, best, history, data)`` as saved (``data`` None if the checkpoint has no input
+          pipeline state).
 
         Raises:
           CheckpointError: the checkpoint is unreadable, does not match its checksums, or was
@@ -267,6 +283,8 @@ class Checkpointer:
             item: ocp.args.StandardRestore(jax.tree.map(_restore_target, arrays))
             for item, arrays in flat.items()
         }
+        if "data" in saved:
+            items["data"] = ocp.args.JsonRestore()
         restored = _read(
             path,
             lambda: self._manager.restore(
@@ -283,8 +301,11 @@ class Checkpointer:
             for key, checksum in _checksums(restored[item]).items()
             if checksum != expected[item].get(key)
         ]
+        data = restored["data"] if "data" in saved else None
         if _json_checksum(restored["history"]) != expected["history"]:
             damaged.append("the history")
+        if data is not None and _json_checksum(data) != expected.get("data"):
+            damaged.append("the input pipeline state")
         if damaged:
             raise _DamagedCheckpointError(
                 f"The checkpoint in {path} is corrupt: the checksums saved with it do not match "
@@ -296,11 +317,11 @@ class Checkpointer:
             )
             for item, tree in (("state", state), ("best", best))
         )
-        return state, dict(best), list(restored["history"])
+        return state, dict(best), list(restored["history"]), data
 
     def restore_latest(
         self, *, state: Any, best: dict, config: dict | None = None
-    ) -> tuple[int, Any, dict, list] | None:
+    ) -> tuple[int, Any, dict, list, dict | None] | None:
         """Restores the newest intact checkpoint, deleting the damaged ones newer than it.
 
         A damaged checkpoint (unreadable, or not matching its checksums) is skipped with a
@@ -313,7 +334,8 @@ class Checkpointer:
           config: the current run's config as a JSON-able dict (see :meth:`restore`).
 
         Returns:
-          ``(epoch, state, best, history)`` of the restored checkpoint, or None if there is none.
+          ``(epoch, state, best, history, data)`` of the restored checkpoint (see :meth:`restore`),
+          or None if there is none.
 
         Raises:
           CheckpointError: every checkpoint is damaged (the message names each), or the newest

@@ -96,29 +96,43 @@ def _evaluate(steps, state, splits, *, batch_size, k) -> tuple[dict, dict]:
 
 
 def _train_epoch(steps, state, batches, *, config, epoch, keys, population, num_steps):
-    """One epoch of ``batches`` (this host's rows of every member's own shuffle); returns the
-    state and per-step losses (T, M)."""
+    """One epoch of ``batches`` (this host's rows of every member's own shuffle, G steps per
+    item); returns the state and per-step losses and accuracies (T, M)."""
     member = jax.device_put(population.values)
     losses, accuracies = [], []
     bar = logs.progress_bar(
         num_steps, epoch=epoch, num_epochs=config.num_epochs, enabled=config.progress_bar
     )
     start = time.perf_counter()
-    for step in range(num_steps):
-        batch = data.global_batch(next(batches), steps.batch_sharding)
-        state, stats = steps.train(state, batch, keys, member=member)
+    done = 0
+    while done < num_steps:
+        state, stats = steps.train(
+            state, data.global_batch(next(batches), steps.batch_sharding), keys, member=member
+        )
         losses.append(stats["loss"])
         accuracies.append(stats["accuracy"])
-        bar.update()
-        if not bar.disable and (step + 1) % config.log_every_steps == 0:
+        group = stats["loss"].shape[0]
+        done += group
+        bar.update(group)
+        if not bar.disable and done % config.log_every_steps < group:
             seconds = time.perf_counter() - start
             bar.set_postfix(
-                loss=f"{float(jnp.mean(stats['loss'])):.4f}",
-                accuracy=f"{float(jnp.mean(stats['accuracy'])):.3f}",
-                examples_per_s=f"{(step + 1) * config.batch_size * population.size / seconds:.0f}",
+                loss=f"{float(jnp.mean(stats['loss'][-1])):.4f}",
+                accuracy=f"{float(jnp.mean(stats['accuracy'][-1])):.3f}",
+                examples_per_s=f"{done * config.batch_size * population.size / seconds:.0f}",
             )
     bar.close()
-    return state, np.stack(jax.device_get(losses)), np.stack(jax.device_get(accuracies))
+    return (
+        state,
+        np.concatenate(jax.device_get(losses)),
+        np.concatenate(jax.device_get(accuracies)),
+    )
+
+
+def steps_per_call(num_steps: int, limit: int) -> int:
+    """The most optimizer steps, at most ``limit``, that one compiled call can take so that calls
+    never straddle an epoch: the largest divisor of the epoch's ``num_steps`` not above it."""
+    return max(g for g in range(1, min(limit, num_steps) + 1) if num_steps % g == 0)
 
 
 def _check_finite(losses: np.ndarray, *, epoch: int, num_steps: int, checkpoints: str | None):
@@ -140,7 +154,7 @@ def _check_finite(losses: np.ndarray, *, epoch: int, num_steps: int, checkpoints
 def _validate(config: ml_collections.ConfigDict, train: data.Dataset, mesh) -> None:
     """Raises a ValueError naming the config field that cannot work with this data and mesh."""
     problems = []
-    for field in ("num_epochs", "batch_size", "eval_batch_size", "num_seeds"):
+    for field in ("num_epochs", "batch_size", "eval_batch_size", "num_seeds", "steps_per_call"):
         value = config.get(field)
         if not isinstance(value, int) or value < 1:
             problems.append(f"{field} must be a positive integer, got {value!r}")
@@ -322,12 +336,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     restored = checkpointer and checkpointer.restore_latest(
         state=state, best=best, config=config_json
     )
+    data_state = {"step": 0}
     if restored:
-        latest, state, best, saved_history = restored
+        latest, state, best, saved_history, saved_data_state = restored
         history = [
             {key: _as_array(value) for key, value in record.items()} for record in saved_history
         ]
         start_epoch = latest + 1
+        # Checkpoints without a pipeline state (older ones) were taken at epoch ends.
+        data_state = saved_data_state or {"step": start_epoch * num_steps}
         if start_epoch >= config.num_epochs and jax.process_index() == 0:
             logging.info(
                 "%s holds a finished run (%d epochs): nothing to train.", workdir, latest + 1
@@ -337,13 +354,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logger = logs.MetricLogger(
         workdir, history=history, tensorboard=config.get("tensorboard", True)
     )
-    # One stream for the run: each host reads its rows of every member's shuffle. Checkpoints are
-    # taken at epoch ends, so the checkpointed epoch fixes the stream's position exactly.
+    # One stream for the run: each host reads its rows of every member's shuffle, from where the
+    # checkpoint's pipeline state says.
     batches = data.train_batches(
         train,
         global_batch_size=config.batch_size,
         seed=[int(seed) for seed in population.seeds],
-        start_step=start_epoch * num_steps,
+        start_step=data_state["step"],
+        steps_per_item=steps_per_call(num_steps, config.get("steps_per_call", 1)),
         worker_count=config.data.get("worker_count", 0),
     )
     try:
@@ -403,6 +421,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     best=best,
                     history=[_jsonable(r) for r in history],
                     config=config_json,
+                    data=batches.get_state(),
                 )
     finally:
         batches.close()

@@ -312,14 +312,15 @@ class StepFunctions:
     Attributes:
       init: ``init(keys) -> state``; keys (S,) from :meth:`Population.keys`; the state's leaves have a
         leading seed axis and are replicated over the mesh.
-      train: ``train(state, batch, keys, member={}) -> (state, stats)``; batch arrays (S, B, ...)
-        sharded on B; ``member``: :attr:`Population.values`, each (S,); stats: ``loss`` and
-        ``accuracy`` of shape (S,). The input state is donated.
+      train: ``train(state, batches, keys, member={}) -> (state, stats)``: G optimizer steps in one
+        compiled loop; batches arrays (G, S, B, ...) sharded on B (a :func:`jaxloss.data.train_batches`
+        item); ``member``: :attr:`Population.values`, each (S,); stats: ``loss`` and ``accuracy``
+        of shape (G, S). The input state is donated.
       evaluate: ``evaluate(state, batch) -> statistics`` of every model on one shared batch
         (``features`` (B, ...), ``labels`` (B,), ``mask`` (B,)): :func:`metric_statistics` with a
         leading model axis, reduced over the devices (and hosts) inside the compiled call.
       predict: ``predict(state, features) -> logits`` (S, B, C), what every model's head emits.
-      batch_sharding: placement of a training batch (S, B, ...).
+      batch_sharding: placement of G training batches (G, S, B, ...).
       eval_sharding: placement of an evaluation batch (B, ...).
     """
 
@@ -451,6 +452,13 @@ def make_steps(
             k=top_k,
         )
 
+    def train_steps(state, batches, keys, member):
+        # Several steps per call: the host dispatches, transfers and waits once per G steps.
+        def step(state, batch):
+            return jax.vmap(train_one)(state, batch, keys, member)
+
+        return jax.lax.scan(step, state, batches)
+
     replicated = NamedSharding(mesh, P())
     return StepFunctions(
         # Compiled with replicated outputs: every process builds its replica of the state on its
@@ -459,7 +467,7 @@ def make_steps(
         init=jax.jit(jax.vmap(init_one), out_shardings=replicated),
         train=functools.partial(
             jax.jit(
-                jax.vmap(train_one),
+                train_steps,
                 donate_argnums=0,
                 out_shardings=(replicated, replicated),
             ),
@@ -467,6 +475,6 @@ def make_steps(
         ),
         evaluate=jax.jit(jax.vmap(evaluate_one, in_axes=(0, None)), out_shardings=replicated),
         predict=jax.jit(jax.vmap(predict_one, in_axes=(0, None))),
-        batch_sharding=NamedSharding(mesh, P(None, "data")),
+        batch_sharding=NamedSharding(mesh, P(None, None, "data")),
         eval_sharding=NamedSharding(mesh, P("data")),
     )

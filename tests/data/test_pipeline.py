@@ -114,6 +114,27 @@ def test_resume_inside_an_epoch_gives_the_same_batches(prefetch):
     )
 
 
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_items_of_several_steps_stack_consecutive_batches(prefetch):
+    source = _source()
+    kwargs = dict(global_batch_size=B, seed=[5, 6], prefetch=prefetch)
+    single = data.train_batches(source, start_step=3, **kwargs)
+    expected = np.stack([next(single)["labels"] for _ in range(9)])  # across an epoch end
+    grouped = data.train_batches(source, start_step=3, steps_per_item=3, **kwargs)
+    items = [next(grouped) for _ in range(3)]
+    assert items[0]["features"].shape == (3, 2, B, 1) and items[0]["labels"].shape == (3, 2, B)
+    np.testing.assert_array_equal(np.concatenate([i["labels"] for i in items]), expected)
+    assert grouped.get_state() == {"step": 12}
+    grouped.set_state({"step": 6})
+    np.testing.assert_array_equal(next(grouped)["labels"], expected[3:6])
+    with pytest.raises(ValueError, match="multiple of steps_per_item"):
+        grouped.set_state({"step": 7})
+    with pytest.raises(ValueError, match="steps_per_item"):
+        data.train_batches(source, steps_per_item=0, **kwargs)
+    one = next(data.train_batches(source, start_step=3, steps_per_item=1, **kwargs))
+    np.testing.assert_array_equal(one["labels"], expected[:1])  # G = 1 keeps the step axis
+
+
 def test_worker_processes_give_the_same_batches():
     source = _source()
     with data.train_batches(source, global_batch_size=B, seed=2, start_step=4) as it:

@@ -25,6 +25,7 @@ def _best(seed):
 
 def _save(checkpointer, epoch, **kwargs):
     history = [{"epoch": e, "train/loss": [1.0 / (e + 1)]} for e in range(epoch + 1)]
+    kwargs.setdefault("data", {"step": 7 * (epoch + 1)})
     checkpointer.save(epoch, state=_state(epoch), best=_best(epoch), history=history, **kwargs)
 
 
@@ -41,8 +42,9 @@ def _damage(directory, epoch):
 
 
 def _assert_restored(restored, epoch):
-    got_epoch, state, best, history = restored
+    got_epoch, state, best, history, data_state = restored
     assert got_epoch == epoch
+    assert data_state == {"step": 7 * (epoch + 1)}
     want = _state(epoch)
     assert jax.tree.structure(state) == jax.tree.structure(want)
     for got, expected in zip(jax.tree.leaves(state), jax.tree.leaves(want), strict=True):
@@ -127,4 +129,20 @@ def test_config_saved_in_the_checkpoint_must_match_but_for_cosmetic_fields(tmp_p
     _assert_restored(
         checkpointer.restore_latest(state=_state(9), best=_best(9), config=cosmetic), 0
     )
+    checkpointer.close()
+
+
+def test_the_input_pipeline_state_is_checked_and_optional(tmp_path):
+    checkpointer = Checkpointer(tmp_path)
+    _save(checkpointer, 0, data=None)  # a checkpoint without a pipeline state restores None
+    assert checkpointer.restore(0, state=_state(9), best=_best(9))[3] is None
+    _save(checkpointer, 1)
+    path = os.path.join(tmp_path, "1", "data", "metadata")
+    with open(path) as file:
+        text = file.read()
+    assert '"step": 14' in text
+    with open(path, "w") as file:
+        file.write(text.replace('"step": 14', '"step": 15'))
+    with pytest.raises(CheckpointError, match="do not match the input pipeline state"):
+        checkpointer.restore(1, state=_state(9), best=_best(9))
     checkpointer.close()

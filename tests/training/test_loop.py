@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxloss.training import CheckpointError, train_and_evaluate
+from jaxloss.training.loop import steps_per_call
 from tests.testing import REPO_ROOT, run_on_devices
 from tests.training.tiny import SUBPROCESS_PRELUDE, tiny_config
 
@@ -103,6 +104,16 @@ def test_seeds_in_one_vmapped_step_equal_separate_runs(reference, tmp_path):
                     atol=1e-5,
                     err_msg=key,
                 )
+
+
+def test_steps_per_call_divide_the_epoch_and_do_not_change_the_run(reference, tmp_path):
+    assert [steps_per_call(18, limit) for limit in (32, 18, 17, 8, 1)] == [18, 18, 9, 6, 1]
+    assert steps_per_call(7, 4) == 1  # a prime epoch: one step per call
+    _, grouped = reference  # the default: a whole epoch (fewer than 32 steps) per call
+    one_by_one = train_and_evaluate(
+        _config(steps_per_call=1, checkpoint_every_epochs=0), str(tmp_path)
+    )
+    _assert_same_history(one_by_one["history"], grouped["history"], rtol=1e-5, atol=1e-6)
 
 
 def test_population_members_equal_separate_runs_with_their_values(tmp_path):
