@@ -54,6 +54,7 @@ def get_config(loss: str = "cross_entropy") -> ml_collections.ConfigDict:
     # Optimizer steps per compiled call (the largest divisor of an epoch's steps up to this):
     # one host round trip per call instead of per step.
     config.steps_per_call = 32
+    config.model_parallel = 1  # devices the classes are split over (heads, logits); the rest: batch
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "digits"
@@ -65,6 +66,7 @@ def get_config(loss: str = "cross_entropy") -> ml_collections.ConfigDict:
     config.data.noise_block = 5
     config.data.augment = False  # random crop (pad 4) + horizontal flip
     config.data.worker_count = 0  # input worker processes per host (0: read in this process)
+    config.data.options = ml_collections.ConfigDict()  # a synthetic dataset's arguments
 
     config.model = ml_collections.ConfigDict()
     config.model.name = "mlp"

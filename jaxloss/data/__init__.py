@@ -28,6 +28,7 @@ from jaxloss.data._sources import Source as Source
 from jaxloss.data._sources import TfdsSource as TfdsSource
 from jaxloss.data._sources import view as view
 from jaxloss.data._sources import write_array_record as write_array_record
+from jaxloss.data._synthetic import teacher_dataset as teacher_dataset
 from jaxloss.data._transforms import long_tailed as long_tailed
 from jaxloss.data._transforms import long_tailed_counts as long_tailed_counts
 from jaxloss.data._transforms import with_label_noise as with_label_noise

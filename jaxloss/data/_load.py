@@ -6,19 +6,21 @@ from jaxloss._validation import check_integer
 from jaxloss.data._dataset import Dataset
 from jaxloss.data._embedded import EMBEDDED_DATASETS, SPLITS, load_embedded
 from jaxloss.data._sources import InMemorySource, Source
+from jaxloss.data._synthetic import SYNTHETIC_DATASETS, teacher_dataset
 from jaxloss.data._tfds import TFDS_DATASETS, load_tfds, tfds_source
 
 __all__ = ["available_datasets", "load", "load_source"]
 
 
 def available_datasets() -> tuple[str, ...]:
-    """Names accepted by :func:`load`: the embedded ones first, then the tfds ones.
+    """Names accepted by :func:`load`: the embedded ones first, then the tfds ones, then the
+    synthetic ones.
 
     Example:
       >>> available_datasets()[:2]
       ('digits', 'iris')
     """
-    return EMBEDDED_DATASETS + TFDS_DATASETS
+    return EMBEDDED_DATASETS + TFDS_DATASETS + SYNTHETIC_DATASETS
 
 
 def load(
@@ -28,6 +30,7 @@ def load(
     seed: int = 0,
     data_dir: str | None = None,
     normalize: bool = True,
+    **options,
 ) -> Dataset:
     """Loads one split of a dataset into host memory.
 
@@ -42,6 +45,9 @@ def load(
     "test" the official test split. Images are float32 NHWC, scaled to [0, 1] and, when
     ``normalize``, standardized with fixed per-channel constants.
 
+    ``teacher`` is a synthetic problem with any number of classes (:func:`teacher_dataset`; its
+    sizes come in ``options``).
+
     Args:
       name: one of :func:`available_datasets`.
       split: "train", "validation" or "test".
@@ -49,6 +55,7 @@ def load(
       data_dir: tfds data directory (None: tfds' default); ignored by embedded datasets.
       normalize: tfds only; False keeps pixels in [0, 1] (e.g. to pad crops with black before
         :func:`normalize`).
+      **options: synthetic datasets only: their arguments (e.g. ``num_classes``).
 
     Returns:
       A :class:`Dataset`.
@@ -58,15 +65,19 @@ def load(
       >>> ds.features.shape, ds.num_classes
       ((1078, 8, 8, 1), 10)
     """
-    name, split, seed = _check(name, split, seed)
+    name, split, seed = _check(name, split, seed, options)
+    if name in SYNTHETIC_DATASETS:
+        return teacher_dataset(split, seed=seed, **options)
     if name in EMBEDDED_DATASETS:
         return load_embedded(name, split=split, seed=seed)
     return load_tfds(name, split=split, seed=seed, data_dir=data_dir, normalize=normalize)
 
 
-def _check(name: str, split: str, seed: int) -> tuple[str, str, int]:
+def _check(name: str, split: str, seed: int, options: dict) -> tuple[str, str, int]:
     if name not in available_datasets():
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}.")
+    if options and name not in SYNTHETIC_DATASETS:
+        raise ValueError(f"{name} takes no options, got {', '.join(sorted(options))}.")
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
     return name, split, check_integer("seed", seed, lower=0)
@@ -79,6 +90,7 @@ def load_source(
     seed: int = 0,
     data_dir: str | None = None,
     normalize: bool = True,
+    **options,
 ) -> Source:
     """The split :func:`load` returns, as a random-access :class:`Source` for the input pipeline.
 
@@ -97,7 +109,9 @@ def load_source(
       >>> len(source), source.feature_shape, source.feature_dtype
       (360, (8, 8, 1), dtype('float32'))
     """
-    name, split, seed = _check(name, split, seed)
+    name, split, seed = _check(name, split, seed, options)
+    if name in SYNTHETIC_DATASETS:
+        return InMemorySource(teacher_dataset(split, seed=seed, **options))
     if name in EMBEDDED_DATASETS:
         return InMemorySource(load_embedded(name, split=split, seed=seed))
     return tfds_source(name, split=split, seed=seed, data_dir=data_dir, normalize=normalize)

@@ -52,7 +52,11 @@ def load_datasets(config: ml_collections.ConfigDict) -> dict[str, data.Source]:
     The long-tail subsampling (``imbalance_factor`` > 1) and the label noise (``label_noise`` > 0)
     apply to the train split only; validation and test stay as loaded.
     """
-    kwargs = {"seed": config.get("split_seed", 0), "data_dir": config.get("data_dir")}
+    kwargs = {
+        "seed": config.get("split_seed", 0),
+        "data_dir": config.get("data_dir"),
+        **config.get("options", {}),
+    }
     splits = {
         split: data.load_source(config.name, split=split, **kwargs) for split in ("train", *SPLITS)
     }
@@ -164,9 +168,10 @@ def _validate(config: ml_collections.ConfigDict, train: data.Dataset, mesh) -> N
             f"({train.num_examples} examples of {train.name}): no full batch to train on"
         )
     for field in ("batch_size", "eval_batch_size"):
-        if not problems and config[field] % mesh.size:
+        if not problems and config[field] % mesh.shape["data"]:
             problems.append(
-                f"{field} ({config[field]}) must be a multiple of the {mesh.size} devices"
+                f"{field} ({config[field]}) must be a multiple of the {mesh.shape['data']} "
+                "data-parallel device groups"
             )
     k = config.loss.get("hyperparameters", {}).get("k")
     if k is not None and not 1 <= k < train.num_classes:
@@ -289,7 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
         splits = load_datasets(config.data)
         train = splits["train"]
-        mesh = make_mesh()
+        mesh = make_mesh(model_parallel=config.get("model_parallel", 1))
         _validate(config, train, mesh)
         population = make_population(config)
         counts = data.class_counts(train)

@@ -4,7 +4,9 @@ Backbones: ``mlp`` (the label relaxation paper's ``simple_dense`` is ``hidden_si
 ``cnn`` (a small convolutional net), ``resnet`` (CIFAR pre-activation ResNet, depth 20/32/56),
 ``wide_resnet`` (WRN-16-8, WRN-28-10) and ``linear`` (no backbone: the head sees the flat input).
 Heads: ``linear`` and ``cosine`` (:class:`jaxloss.nn.CosineClassifier` times a scale). A head outputs
-the logits its loss uses, so evaluation (accuracy, ECE, NLL) sees exactly what training optimizes.
+the logits its loss uses, so evaluation (accuracy, ECE, NLL) sees exactly what training optimizes,
+and marks its weights' class axis for the ``'model'`` mesh axis, so that with many classes the
+weights, their optimizer moments and the logits are split by class over devices.
 """
 
 from __future__ import annotations
@@ -17,10 +19,18 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-__all__ = ["BACKBONES", "HEADS", "Classifier", "build_model"]
+__all__ = ["BACKBONES", "CLASS_AXIS", "HEADS", "Classifier", "build_model"]
 
 BACKBONES = ("mlp", "cnn", "resnet", "wide_resnet", "linear")
 HEADS = ("linear", "cosine")
+CLASS_AXIS = "model"  # the mesh axis that a head's class dimension is split over
+
+
+def _split_classes(*variables: nnx.Variable) -> None:
+    """Annotates the last (class) axis of each variable with :data:`CLASS_AXIS` (``nnx``'s
+    ``out_sharding`` metadata; the training step places the state by it)."""
+    for variable in variables:
+        variable.set_metadata(out_sharding=(None,) * (variable[...].ndim - 1) + (CLASS_AXIS,))
 
 
 def _conv(in_channels: int, out_channels: int, size: int, *, rngs: nnx.Rngs, stride: int = 1):
@@ -146,6 +156,7 @@ class LinearHead(nnx.Module):
     def __init__(self, in_features: int, num_classes: int, *, zero_logit: bool, rngs: nnx.Rngs):
         self.zero_logit = zero_logit
         self.linear = nnx.Linear(in_features, num_classes - int(zero_logit), rngs=rngs)
+        _split_classes(self.linear.kernel, self.linear.bias)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         logits = self.linear(x)
@@ -162,6 +173,7 @@ class CosineHead(nnx.Module):
         from jaxloss import nn
 
         self.cosine = nn.CosineClassifier(in_features, num_classes, rngs=rngs)
+        _split_classes(self.cosine.kernel)
         self.scale = scale
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -46,9 +46,21 @@ SCHEDULES = ("constant", "step", "cosine", "exponential")
 OPTIMIZERS = ("sgd", "adam")
 
 
-def make_mesh(devices: Any = None) -> Mesh:
-    """A one-axis mesh named ``'data'`` over ``devices`` (default: all devices)."""
-    return Mesh(np.asarray(jax.devices() if devices is None else devices), ("data",))
+def make_mesh(devices: Any = None, *, model_parallel: int = 1) -> Mesh:
+    """A ``('data', 'model')`` mesh over ``devices`` (default: all devices).
+
+    The batch is split over ``'data'``; the heads' class axis (their weights, optimizer moments
+    and the logits) over ``'model'``, of size ``model_parallel`` (1: every device holds every
+    class). Consecutive devices share a batch shard, so a process's devices hold a contiguous
+    block of ``'data'``.
+    """
+    devices = np.asarray(jax.devices() if devices is None else devices).ravel()
+    if model_parallel < 1 or devices.size % model_parallel:
+        raise ValueError(
+            f"model_parallel={model_parallel} must be a positive divisor of the {devices.size} "
+            "devices."
+        )
+    return Mesh(devices.reshape(-1, model_parallel), ("data", "model"))
 
 
 def _learning_rate(
@@ -311,7 +323,8 @@ class StepFunctions:
 
     Attributes:
       init: ``init(keys) -> state``; keys (S,) from :meth:`Population.keys`; the state's leaves have a
-        leading seed axis and are replicated over the mesh.
+        leading seed axis and are replicated over the mesh, but for the heads' class axes (and
+        their optimizer moments), split over ``'model'``.
       train: ``train(state, batches, keys, member={}) -> (state, stats)``: G optimizer steps in one
         compiled loop; batches arrays (G, S, B, ...) sharded on B (a :func:`jaxloss.data.train_batches`
         item); ``member``: :attr:`Population.values`, each (S,); stats: ``loss`` and ``accuracy``
@@ -460,16 +473,24 @@ def make_steps(
         return jax.lax.scan(step, state, batches)
 
     replicated = NamedSharding(mesh, P())
+    # The state's placement, from the heads' class-axis annotations (replicated otherwise); the
+    # leading population axis is never split. Optimizer moments carry their parameter's metadata.
+    abstract_state = jax.eval_shape(jax.vmap(init_one), jax.random.split(jax.random.key(0), 1))
+    state_sharding = jax.tree.map(
+        lambda spec: NamedSharding(mesh, P(None, *spec) if spec else P()),
+        nnx.get_partition_spec(abstract_state),
+        is_leaf=lambda x: isinstance(x, P),
+    )
     return StepFunctions(
-        # Compiled with replicated outputs: every process builds its replica of the state on its
-        # devices (an eager init would build it on the host and copy it, checking that every
-        # host's copy is equal).
-        init=jax.jit(jax.vmap(init_one), out_shardings=replicated),
+        # Compiled with placed outputs: every process builds its part of the state on its devices
+        # (an eager init would build it on the host and copy it, checking that every host's copy
+        # is equal).
+        init=jax.jit(jax.vmap(init_one), out_shardings=state_sharding),
         train=functools.partial(
             jax.jit(
                 train_steps,
                 donate_argnums=0,
-                out_shardings=(replicated, replicated),
+                out_shardings=(state_sharding, replicated),
             ),
             member={},
         ),

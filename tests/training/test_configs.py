@@ -22,6 +22,7 @@ INPUT_SHAPES = {
     "fashion_mnist": (28, 28, 1),
     "cifar10": (32, 32, 3),
     "cifar100": (32, 32, 3),
+    "teacher": (64,),
 }
 CONFIGS = sorted(
     os.path.basename(p)[:-3]
@@ -44,7 +45,9 @@ def test_config_builds_its_model_and_loss(name):
         module.__doc__.split()
     ).replace("\\ ", "")
     config = module.get_config()
-    num_classes = 100 if config.data.name == "cifar100" else 10
+    num_classes = config.data.options.get("num_classes") or (
+        100 if config.data.name == "cifar100" else 10
+    )
     spec = jaxloss.loss_spec(config.loss.name)
     assert config.model.head == spec.head
     jaxloss.get_loss(
