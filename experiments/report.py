@@ -12,6 +12,7 @@ import numpy as np
 from comparison import Cell
 
 from jaxloss import metrics
+from jaxloss.training.summary import sample_std
 from jaxloss.training.train import higher_is_better, unstack_bins
 
 matplotlib.use("Agg")
@@ -20,12 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 BASELINE = "cross_entropy"
 
 
-def _std(values: np.ndarray) -> float:
-    return float(values.std(ddof=1)) if values.size > 1 else 0.0
-
-
 def _cell_text(values: np.ndarray) -> str:
-    return f"{values.mean():.4f} ± {_std(values):.4f}"
+    return f"{values.mean():.4f} ± {sample_std(values):.4f}"
 
 
 def _best(scores: np.ndarray, higher: bool) -> float:
@@ -67,7 +64,7 @@ def ranking(cells: Sequence[Cell]) -> str:
                 continue
             margin = sign * (best.metrics[metric].mean() - base.metrics[metric].mean())
             # The spread of a difference of two independent means over seeds.
-            spread = np.hypot(_std(best.metrics[metric]), _std(base.metrics[metric]))
+            spread = np.hypot(sample_std(best.metrics[metric]), sample_std(base.metrics[metric]))
             verdict = "–" if best is base else ("yes" if margin > spread else "no")
             lines.append(
                 f"| {setup} | {metric} | {best.loss} | {_cell_text(best.metrics[metric])} | "
@@ -184,7 +181,9 @@ def write_csv(cells: Sequence[Cell], path: str) -> None:
         for c in cells:
             for m, v in c.metrics.items():
                 values = " ".join(f"{x:.6f}" for x in v)
-                writer.writerow([c.setup, c.loss, m, f"{v.mean():.6f}", f"{_std(v):.6f}", values])
+                writer.writerow(
+                    [c.setup, c.loss, m, f"{v.mean():.6f}", f"{sample_std(v):.6f}", values]
+                )
 
 
 def write_json(cells: Sequence[Cell], path: str) -> None:
@@ -228,7 +227,7 @@ def plot_metric_bars(cells: Sequence[Cell], metric: str, path: str) -> None:
     for i, loss in enumerate(losses):
         found = [next((c for c in cells if c.setup == s and c.loss == loss), None) for s in setups]
         means = [c.metrics[metric].mean() if c else np.nan for c in found]
-        stds = [_std(c.metrics[metric]) if c else 0.0 for c in found]
+        stds = [sample_std(c.metrics[metric]) if c else 0.0 for c in found]
         ax.bar(
             np.arange(len(setups)) + i * width,
             means,

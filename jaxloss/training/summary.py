@@ -8,7 +8,7 @@ import numpy as np
 
 from jaxloss.training.train import Population
 
-__all__ = ["format_summary", "summarize"]
+__all__ = ["format_summary", "sample_std", "summarize"]
 
 
 def summarize(
@@ -37,7 +37,7 @@ def summarize(
             model[split] = {name: float(best[f"{split}/{name}"][m]) for name in metric_names}
         models.append(model)
     statistics = {}
-    for label, reduce in (("mean", np.mean), ("std", _std)):
+    for label, reduce in (("mean", np.mean), ("std", sample_std)):
         statistics[label] = {
             split: {
                 name: float(reduce(np.asarray(best[f"{split}/{name}"], np.float64)))
@@ -53,7 +53,8 @@ def summarize(
     }
 
 
-def _std(values: np.ndarray) -> float:
+def sample_std(values: np.ndarray) -> float:
+    """The sample standard deviation over seeds (ddof 1), 0 for a single value."""
     return float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
