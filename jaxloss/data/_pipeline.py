@@ -323,7 +323,8 @@ def eval_batches(
       source: the examples.
       global_batch_size: B, summed over all processes; a multiple of P.
       worker_count: Grain worker processes (0: this process).
-      prefetch: batches read ahead by background threads (0: none).
+      prefetch: batches read ahead by background threads (0: none; at most the ⌈N / B⌉ - 1 batches
+        that there are to read ahead).
       process_index: p (default ``jax.process_index()``).
       process_count: P (default ``jax.process_count()``).
 
@@ -339,12 +340,15 @@ def eval_batches(
     """
     global_batch_size = check_integer("global_batch_size", global_batch_size, lower=1)
     p, _, local = _process(process_index, process_count, global_batch_size)
+    num_steps = math.ceil(len(source) / global_batch_size)
     return BatchIterator(
         _EvalBatcher(source, global_batch_size, p, local),
         start_step=0,
-        num_steps=math.ceil(len(source) / global_batch_size),
+        num_steps=num_steps,
         worker_count=worker_count,
-        prefetch=prefetch,
+        # Reading ahead needs batches ahead: a one-batch split is read when asked, without
+        # starting reader threads (which cost more than the read, every epoch).
+        prefetch=min(check_integer("prefetch", prefetch, lower=0), num_steps - 1),
     )
 
 
