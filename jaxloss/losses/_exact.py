@@ -105,8 +105,9 @@ def exact_loss(
     the loss is deterministic and ``key`` may be None; otherwise ``key=None`` without ``uniforms``
     raises a ValueError. As in the reference, in float32 badly misclassified rows (some
     :math:`\mu_k \lesssim -8`) give exactly loss 1 and zero gradient with ``method="genz"``.
-    Cost is :math:`O(B \cdot N \cdot C^2)`: use ``truncate_classes`` (or the quadrature,
-    :math:`O(B \cdot C)`) for many classes. The gradient is a custom VJP: use reverse mode;
+    Cost is :math:`O(B \cdot N \cdot C^2)` with the gradient (:math:`O(B \cdot N \cdot C)`
+    for the value alone): use ``truncate_classes`` (or the quadrature, :math:`O(B \cdot C)`)
+    for many classes. The gradient is a custom VJP: use reverse mode;
     forward mode (``jax.jvp``, ``jax.jacfwd``) raises a TypeError.
 
     Args:
@@ -184,15 +185,23 @@ def exact_loss(
     if key is not None and axis_name is not None:
         key = jax.random.fold_in(key, lax.axis_index(axis_name))
 
-    # Columns of the C - 1 competitors of each example, in increasing class order.
-    others = jnp.arange(num_classes - 1)
-    others = others + (others >= labels[..., None])
     # -inf is a masked class; NaN and +inf are not, and must reach the result.
     counted = jnp.isfinite(z)
-    competes = jnp.take_along_axis(z, others, axis=-1) != -jnp.inf
+    competes = z != -jnp.inf
     if where is not None:
         counted &= where
-        competes &= jnp.take_along_axis(where, others, axis=-1)
+        competes &= where
+    # The quadrature is a sum over classes: it takes the whole row, the label as an excluded
+    # class (mu = +inf drops out), so that class-sharded logits stay sharded. Genz's estimator
+    # and truncation sort the competitors: the C - 1 columns other than the label's, in
+    # increasing class order (the uniforms' rows follow it).
+    whole_row = method == "quadrature" and truncate_classes is None
+    if whole_row:
+        competes &= jnp.arange(num_classes) != labels[..., None]
+    else:
+        others = jnp.arange(num_classes - 1)
+        others = others + (others >= labels[..., None])
+        competes = jnp.take_along_axis(competes, others, axis=-1)
     if normalize_logits is None:
         normalize_logits = temperature is not None
     if normalize_logits:
@@ -205,7 +214,8 @@ def exact_loss(
         normalized = _normalize(z, counted, axis_name)
         z = jnp.where(jnp.isfinite(z) & ~poisoned, normalized, z)
 
-    mu = label_value(z, labels)[..., None] - jnp.take_along_axis(z, others, axis=-1)
+    competitors = z if whole_row else jnp.take_along_axis(z, others, axis=-1)
+    mu = label_value(z, labels)[..., None] - competitors
     if margin is not None:
         # An upper clip whose gradient still passes at equality, like torch.clip.
         mu = jnp.where(mu > margin, jnp.asarray(margin, mu.dtype), mu)

@@ -8,10 +8,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from jaxloss import _autodiff, _validation
-from jaxloss.ops import _selection
+from jaxloss.ops import _selection, _special
 
 __all__ = ["noised_topk"]
 
@@ -44,7 +43,7 @@ def _standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     bits = _mix32(_mix32(counter ^ seed[0]) + seed[1])
     # 23 random bits -> a uniform on the open interval (-1, 1), symmetric and exact in float32.
     uniform = ((bits >> 9).astype(jnp.float32) + 0.5) * 2.0**-22 - 1.0
-    return np.sqrt(2.0).astype(np.float32) * lax.erf_inv(uniform)
+    return np.sqrt(2.0).astype(np.float32) * _special.erf_inv(uniform)
 
 
 def _kth_of_last_axis(y: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
