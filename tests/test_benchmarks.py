@@ -1,15 +1,18 @@
-"""experiments/compare_benchmarks.py flags regressions between two benchmark runs (no timing)."""
+"""experiments/compare_benchmarks.py flags regressions between two benchmark runs (no timing);
+experiments/benchmark_losses.py --scaling reports every loss's growth in the number of classes."""
 
 import doctest
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.testing import REPO_ROOT
+import jaxloss
+from tests.testing import REPO_ROOT, run_script
 
 SCRIPT = os.path.join(REPO_ROOT, "experiments", "compare_benchmarks.py")
 
@@ -102,3 +105,48 @@ def test_matches_rows_by_group_loss_and_shape(compare_benchmarks, tmp_path):
     with pytest.raises(ValueError, match="two rows"):
         compare_benchmarks.load_rows(path)
     assert doctest.testmod(compare_benchmarks).failed == 0
+
+
+@pytest.mark.slow  # ~20 s: 16 losses compiled at two shapes
+def test_scaling_times_every_registered_loss_and_fits_exponents(tmp_path):
+    classes = (6, 12)
+    out = tmp_path / "scaling.json"
+    result = run_script(
+        "benchmark_losses.py",
+        "--scaling",
+        "--batch=4",
+        f"--classes={classes[1]},{classes[0]}",
+        "--repeats=1",
+        f"--json={out}",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    names = [n for n in jaxloss.available_losses() if n != "exact"]
+    names += ["exact genz trunc=128", "exact quadrature"]  # EXACT's Genz truncated, and in full
+    rows = json.loads(out.read_text())
+    assert sorted((r["loss"], r["classes"]) for r in rows) == sorted(
+        (n, c) for n in names for c in classes
+    )
+    table = result.stdout.split("Scaling at batch 4")[1]
+    assert (
+        "| vs CE C=6 | vs CE C=12 | temp MiB C=6 | temp MiB C=12 | a (time) | a - a(CE) |" in table
+    )
+    for name in names:
+        small, large = sorted((r for r in rows if r["loss"] == name), key=lambda r: r["classes"])
+        for row in (small, large):
+            assert row["group"] == "scaling" and row["batch"] == 4
+            assert row["ratio"] == pytest.approx(row["ms"] / row["ce_ms"])
+        # Two sizes: the least-squares slope on log-log is the slope through both points.
+        slope = math.log(large["ms"] / small["ms"]) / math.log(classes[1] / classes[0])
+        assert small["time_exponent"] == large["time_exponent"] == pytest.approx(slope)
+        beyond = math.log(large["ratio"] / small["ratio"]) / math.log(2)
+        assert small["ratio_exponent"] == pytest.approx(beyond)
+        if small["temp_bytes"] > 0:
+            growth = math.log(large["temp_bytes"] / small["temp_bytes"]) / math.log(2)
+            assert small["memory_exponent"] == pytest.approx(growth)
+        else:
+            assert small["memory_exponent"] is None
+        line = next(li for li in table.splitlines() if li.startswith(f"| {name} "))
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert cells[1:3] == [f"{small['ratio']:.2f}x", f"{large['ratio']:.2f}x"]
+        assert cells[5:7] == [f"{slope:.2f}", f"{beyond:.2f}"]
+        assert ("time" in cells[8]) == (slope > 1.1) and ("vs CE" in cells[8]) == (beyond > 0.1)
