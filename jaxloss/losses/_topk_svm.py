@@ -47,12 +47,17 @@ def _prepare(logits, labels, k, alpha, axis, where):
     return _Rows(inputs, scores, is_label, competes, label_score, k)
 
 
+def _score_at(scores, index):
+    """``scores[..., index]`` as a masked sum: differentiable, and it keeps classes sharded."""
+    at = index[..., None] == jnp.arange(scores.shape[-1])
+    return jnp.sum(jnp.where(at, scores, 0.0), axis=-1)
+
+
 def _kth_other(rows, scores):
     """k-th largest competitor score (differentiable), and the top k+1 competitor scores."""
     others = jnp.where(rows.competes, jax.lax.stop_gradient(scores), -jnp.inf)
     values, index = _selection.top_k(others, rows.k + 1)
-    at_kth = index[..., rows.k - 1 : rows.k] == jnp.arange(scores.shape[-1])
-    return jnp.sum(jnp.where(at_kth, scores, 0.0), axis=-1), values
+    return _score_at(scores, index[..., rows.k - 1]), values
 
 
 def _hard(kth, label_score, k, alpha):
@@ -221,20 +226,29 @@ def smooth_topk_svm_loss(
         x = scores / (k * tau)
         lowest = jnp.min(x, axis=-1, keepdims=True, where=finite, initial=jnp.inf)
         floor = jax.lax.stop_gradient(jnp.where(lowest == jnp.inf, 0.0, lowest)) - _FAR_BELOW
-        log_sigma = _esf.log_esf(jnp.where(rows.competes, x, floor), k)
+        log_sigma, top_x, top_index = _esf.log_esf_and_top_k(jnp.where(rows.competes, x, floor), k)
         log_ratio = (
             alpha / tau + log_sigma[..., k] - log_sigma[..., k - 1] - label_score / (k * tau)
         )
         smooth = tau * jax.nn.softplus(log_ratio)
-    few = jnp.sum(rows.competes, axis=-1) < k
+    count = jnp.sum(rows.competes, axis=-1)
+    few = count < k
     if hard_threshold is None:
         return _finish(rows, smooth, few)
-    kth, top = _kth_other(rows, scores)
+    # The others' top k+1 in the units of x = scores / (k tau).
+    if k == 1:
+        kth, top = _kth_other(rows, scores)
+        top = top / tau
+    else:
+        # log_esf's own selection: the competitors rank above the floor, so the first `count`
+        # entries are theirs and the others are missing (-inf).
+        kth = _score_at(scores, top_index[..., k - 1])
+        top = jnp.where(jnp.arange(k + 1) < count[..., None], top_x, -jnp.inf)
     # k-th and (k+1)-th of the full row: the label score inserted into the others' sorted top k+1.
-    y = jax.lax.stop_gradient(label_score)
+    y = jax.lax.stop_gradient(label_score) / (k * tau)
     above = top[..., k - 2] if k > 1 else jnp.inf
     gap = jnp.maximum(top[..., k - 1], jnp.minimum(y, above)) - jnp.maximum(
         top[..., k], jnp.minimum(y, top[..., k - 1])
     )
-    hard = gap >= k * tau * jnp.log(hard_threshold)
+    hard = gap >= jnp.log(hard_threshold)
     return _finish(rows, jnp.where(hard, _hard(kth, label_score, k, alpha), smooth), few)

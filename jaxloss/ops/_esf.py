@@ -7,8 +7,8 @@ that are at most a combinatorial constant once it is divided by a known scale:
 * the top set's polynomials divided by the product of its j largest terms, :math:`\sigma_j(T)/P_j`, lie in
   :math:`[1, \binom{k}{j}]` (a K-step recursion whose factors :math:`e^{t_l - t_j}` are all <= 1);
 * the rest's polynomials of :math:`e^{x_i - w} \le 1` lie in :math:`[0, \binom{n}{j}]` and are formed in
-  linear space (√n interleaved chains scanned in √n steps, then a product over the chains;
-  prefix and suffix scans backward), which is fast;
+  linear space by a tree of pairwise polynomial products (log n levels of multiply-adds, walked
+  back down for the gradient), which is fast;
 * the two are joined through factors :math:`e^{\sum_l (w - t_l)} \le 1` that depend only on local gaps.
 
 So nothing overflows, nothing that matters underflows, no difference of large numbers is formed, and
@@ -28,7 +28,7 @@ from jax import lax
 from jaxloss import _autodiff, _validation
 from jaxloss.ops import _selection
 
-__all__ = ["log_esf"]
+__all__ = ["log_esf", "log_esf_and_top_k"]
 
 # Largest value the linear-space sums of the rest may reach, as a fraction of the dtype's maximum.
 _HEADROOM = 1e-3
@@ -44,11 +44,16 @@ def log_esf(x: jax.Array, k: int, *, axis: int = -1) -> jax.Array:
         = \frac{e^{x_i}\, \sigma_{j-1}(e^{x_{\setminus i}})}{\sigma_j(e^{x})} \in [0, 1].
 
     The forward pass selects the k largest entries and combines a k-step log-free recursion on them
-    with a linear-space product of the (rescaled) rest in √n chains: O(n k) work, O(√n) sequential depth. The VJP is
-    exact and subtraction-free: :math:`\sigma_{j-1}(e^{x_{\setminus i}})` comes from prefix and suffix
-    products for the rest and from the same forward recursion on the top set without i. Both are
-    shift invariant (:math:`\log\sigma_j(x + c) = \log\sigma_j(x) + jc`) and accurate in float32 for
-    any score scale or offset: the error depends on the gaps between entries, not on their size.
+    with a tree of linear-space polynomial products over the (rescaled) rest: O(n k) work, O(log n)
+    sequential depth. The VJP is exact: for a top entry, :math:`\sigma_{j-1}(e^{x_{\setminus i}})` comes
+    from the same forward recursion on the top set without i (subtraction-free); for the rest, the
+    cotangent is folded in first and carried back down the same tree, so each gradient is a sum of
+    the tree's non-negative products weighted by the cotangent. Both are shift invariant
+    (:math:`\log\sigma_j(x + c) = \log\sigma_j(x) + jc`) and accurate in float32 for any score
+    scale or offset: the error depends on the gaps between entries, not on their size.
+    Under ``jax.jit`` with the n terms split across devices (class-sharded logits), each device
+    selects its own top candidates and multiplies its own neighbouring terms: only k + 1 candidates
+    and the last tree levels' k coefficients per device and row cross devices.
 
     Args:
       x: float array with the n terms along ``axis``; finite values.
@@ -77,6 +82,22 @@ def log_esf(x: jax.Array, k: int, *, axis: int = -1) -> jax.Array:
       Berrada, Zisserman & Kumar, `Smooth Loss Functions for Deep Top-k Classification
       <https://arxiv.org/abs/1802.07595>`_, ICLR 2018 (log-space ESF, Sec. 4).
     """
+    return log_esf_and_top_k(x, k, axis=axis)[0]
+
+
+def log_esf_and_top_k(
+    x: jax.Array, k: int, *, axis: int = -1
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`log_esf`, and the min(k + 1, n) largest entries that it selected with their indices.
+
+    For callers that need the top k + 1 as well (the smooth top-k loss's hard switch): one
+    selection serves both. The entries are differentiable as ``lax.top_k``'s are.
+
+    Returns:
+      ``(log_sigma, values, indices)``: :func:`log_esf`'s output, and the largest entries along
+      ``axis`` (descending) and their indices, both of shape ``x.shape`` without ``axis`` plus a
+      trailing axis of size min(k + 1, n).
+    """
     k = _validation.check_integer("k", k, lower=1)
     inputs = _validation.prepare(x, axis=axis, min_classes=k)
     values = inputs.logits
@@ -90,8 +111,9 @@ def log_esf(x: jax.Array, k: int, *, axis: int = -1) -> jax.Array:
         )
     batch_shape = values.shape[:-1]
     flat = values.reshape(-1, n)
-    out = _log_esf_rows(k, flat)
-    return out.reshape(*batch_shape, k + 1).astype(inputs.out_dtype)
+    out, top, top_index = _log_esf_rows(k, flat)
+    top, top_index = (a.reshape(*batch_shape, -1) for a in (top, top_index))
+    return out.reshape(*batch_shape, k + 1).astype(inputs.out_dtype), top, top_index
 
 
 def _ratios(t, xw, e):
@@ -129,7 +151,8 @@ def _ratios(t, xw, e):
 
 
 def _poly_mul(p, q, degree):
-    """Product of two polynomials with constant term 1, given by coefficients 1..d, truncated."""
+    """Product of two polynomials with constant term 1, given by coefficients 1..d stacked on the
+    leading axis, truncated to ``degree``."""
     out = []
     for m in range(1, degree + 1):
         c = (p[m - 1] if m <= len(p) else 0) + (q[m - 1] if m <= len(q) else 0)
@@ -137,80 +160,85 @@ def _poly_mul(p, q, degree):
             if a <= len(p) and m - a <= len(q):
                 c = c + p[a - 1] * q[m - a - 1]
         out.append(c)
-    return out
+    # The barrier keeps each level of a product tree one materialized array: without it XLA fuses
+    # every level into the next ones and recomputes it (8x the flops at n = 1000).
+    return lax.optimization_barrier(jnp.stack(out))
 
 
-def _times_linear(coeffs, v):
-    """(1 + c_1 T + ...) (1 + v T), truncated to the same degree."""
-    return [coeffs[0] + v] + [coeffs[m] + v * coeffs[m - 1] for m in range(1, len(coeffs))]
+def _product_tree(y, degree):
+    """Bottom-up tree of pairwise products of the polynomials 1 + y_i T over the last axis of (M, n).
 
+    Each node multiplies two neighbours: O(log n) levels, O(n k) work in all, and a level split in
+    contiguous blocks (class-sharded logits) stays split the same way until its width is the number
+    of blocks, so XLA's partitioner only moves the last few levels' nodes between devices.
 
-def _chains(y):
-    """(M, n) -> (L, M, G), zero padded: chain g holds entries g, G + g, 2G + g, ...
-
-    ESFs do not depend on the order of the entries, so interleaved chains are as good as blocks and
-    each step of a scan over L reads one contiguous slice of every row.
+    Returns:
+      ``(root, levels)``: the ESF 1..degree of y, shape (degree, M), and every level below the
+      root as the neighbours that were multiplied, (d, M, width, 2).
     """
-    rows, n = y.shape
-    chains = max(1, math.isqrt(n))
-    length = -(-n // chains)
-    y = jnp.pad(y, ((0, 0), (0, length * chains - n)))
-    return y.reshape(rows, length, chains).transpose(1, 0, 2)
+    level, levels = y[None], []
+    while level.shape[-1] > 1:
+        if level.shape[-1] % 2:  # one more node, the polynomial 1
+            level = jnp.pad(level, ((0, 0), (0, 0), (0, 1)))
+        pairs = level.reshape(*level.shape[:-1], -1, 2)
+        levels.append(pairs)
+        level = _poly_mul(pairs[..., 0], pairs[..., 1], min(degree, 2 * len(level)))
+    return level[..., 0], levels
 
 
-def _scan_product(polys, degree, reverse=False):
-    """Sequential product over the leading axis of polynomials (coefficient lists), exclusive."""
-    init = [jnp.zeros_like(polys[0][0])] * degree
+def _poly_mul_transpose(u, s, degree):
+    """The cotangent of p in p * s, truncated: u_a + sum_b u_b s_{b-a} for a = 1..degree.
 
-    def step(carry, poly):
-        return _poly_mul(carry, list(poly), degree), carry
-
-    return lax.scan(step, init, tuple(polys), reverse=reverse)
-
-
-def _chain_scan(chained, degree, reverse=False):
-    init = [jnp.zeros_like(chained[0])] * degree
-    return lax.scan(lambda c, v: (_times_linear(c, v), c), init, chained, reverse=reverse)
-
-
-def _rest_esf(y, degree):
-    """ESF 1..degree of y >= 0 along the last axis of (M, n), in linear space: O(n k) work."""
-    totals, _ = _chain_scan(_chains(y), degree)
-    product, _ = _scan_product([t.T for t in totals], degree)
-    return product
+    ``u`` holds the cotangents of the product's coefficients 1..len(u), ``s`` the coefficients
+    1..len(s) of the other factor (constant 1), both stacked on the leading axis.
+    """
+    out = []
+    for a in range(1, degree + 1):
+        c = u[a - 1]
+        for b in range(a + 1, len(u) + 1):
+            if b - a <= len(s):
+                c = c + u[b - 1] * s[b - a - 1]
+        out.append(c)
+    return lax.optimization_barrier(jnp.stack(out))  # as in _poly_mul
 
 
-def _rest_esf_without_each(y, degree):
-    """ESF 1..degree of y without entry i, for every i: list of (M, n) arrays, subtraction-free."""
-    rows, n = y.shape
-    chained = _chains(y)
-    totals, before = _chain_scan(chained, degree)
-    _, after = _chain_scan(chained, degree, reverse=True)
-    same_chain = _poly_mul(before, after, degree)
-    per_chain = [t.T for t in totals]
-    _, chains_before = _scan_product(per_chain, degree)
-    _, chains_after = _scan_product(per_chain, degree, reverse=True)
-    other_chains = [c.T[None] for c in _poly_mul(chains_before, chains_after, degree)]
-    out = _poly_mul(same_chain, other_chains, degree)
-    length, _, chains = chained.shape
-    return [c.transpose(1, 0, 2).reshape(rows, length * chains)[:, :n] for c in out]
+def _rest_esf_vjp(levels, n, weights):
+    r"""The derivative of :math:`\sum_m w_m e_m(y)` (m = 1..K) by each entry of y: (M, n).
+
+    It is :math:`\sum_m w_m e_{m-1}(y_{\setminus i})`. Walked down y's product tree (its
+    ``levels``): a node's cotangents times its sibling are its child's, and a subtree of s leaves
+    needs only s of them, so the widest levels cost one multiply-add per entry.
+    """
+    degree = len(weights)
+    cotangent = weights[..., None]
+    for level, pairs in reversed(list(enumerate(levels))):
+        # The level above may carry one padding node that has no children here; both children
+        # start from their parent's cotangents.
+        cotangent = jnp.repeat(cotangent[..., : pairs.shape[-2], None], 2, axis=-1)
+        cotangent = _poly_mul_transpose(cotangent, pairs[..., ::-1], min(degree, 2**level))
+        cotangent = cotangent.reshape(*cotangent.shape[:-2], -1)
+    return cotangent[0, :, :n]
 
 
-def _split(x, K):
-    """Top-K entries (descending) with their indices, the rest's largest entry, and its ESF."""
+def _split(x, values, index, K):
+    """Top-K entries (descending) with their indices, the rest's largest entry, the rest rescaled
+    by it (y) with its product tree, and its ESF."""
     n = x.shape[-1]
-    values, index = _selection.top_k(x, min(K + 1, n))
     t, top_index = values[..., :K], index[..., :K]
     if n > K:
         xw = values[..., K]
-        in_top = jnp.any(top_index[..., :, None] == jnp.arange(n), axis=-2)
+        classes = jnp.arange(n)
+        in_top = top_index[..., :1] == classes
+        for a in range(1, K):  # a chain of compares, not a (..., K, n) array
+            in_top |= top_index[..., a : a + 1] == classes
         # min(., 0) keeps the discarded top entries from overflowing exp.
         y = jnp.where(in_top, 0.0, jnp.exp(jnp.minimum(x - xw[..., None], 0.0)))
-        e = [jnp.ones_like(xw)] + _rest_esf(y, K)
+        rest, levels = _product_tree(y, K)
+        e = [jnp.ones_like(xw), *rest]
     else:
-        xw, y = t[..., -1], None
+        xw, y, levels = t[..., -1], None, None
         e = [jnp.ones_like(xw)] + [jnp.zeros_like(xw)] * K
-    return t, top_index, xw, y, e
+    return t, top_index, xw, y, levels, e
 
 
 def _assemble(t, rho):
@@ -223,19 +251,24 @@ def _assemble(t, rho):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _log_esf_rows(K, x):
-    t, _, xw, _, e = _split(x, K)
+    """log_esf of the rows of x, and the top min(K + 1, n) entries and indices it selected."""
+    top, index = _selection.top_k(x, min(K + 1, x.shape[-1]))
+    t, _, xw, _, _, e = _split(x, top, index, K)
     _, rho, _ = _ratios(t, xw, e)
-    return _assemble(t, rho)
+    return _assemble(t, rho), top, index
 
 
 def _log_esf_fwd(K, x):
-    t, top_index, xw, y, e = _split(x, K)
+    top, index = _selection.top_k(x, min(K + 1, x.shape[-1]))
+    t, _, xw, y, levels, e = _split(x, top, index, K)
     r, rho, gap_sums = _ratios(t, xw, e)
-    return _assemble(t, rho), (t, top_index, xw, y, e, r, rho, gap_sums)
+    return (_assemble(t, rho), top, index), (t, index, xw, y, levels, e, r, rho, gap_sums)
 
 
-def _log_esf_bwd(K, residuals, cotangent):
-    t, top_index, xw, y, e, r, rho, gap_sums = residuals
+def _log_esf_bwd(K, residuals, cotangents):
+    cotangent, top_cotangent, _ = cotangents
+    t, index, xw, y, levels, e, r, rho, gap_sums = residuals
+    top_index = index[..., :K]
     n = y.shape[-1] if y is not None else K
     g = [cotangent[..., j] for j in range(K + 1)]
 
@@ -244,18 +277,30 @@ def _log_esf_bwd(K, residuals, cotangent):
     keep = np.array([[l + (l >= i) for l in range(K - 1)] for i in range(K)], dtype=np.int32)
     t_without = t[..., keep] if K > 1 else t[..., :0][..., None, :]
     _, rho_without, _ = _ratios(t_without, xw[..., None], [c[..., None] for c in e[:K]])
-    grad_top = jnp.zeros_like(t)
-    for j in range(1, K + 1):
-        scale = jnp.exp(jnp.minimum(t - t[..., j - 1 : j], 0.0))
-        grad_top = grad_top + (g[j] / rho[j])[..., None] * rho_without[j - 1] * scale
-    # top_index holds K distinct positions per row, so this one-hot sum is a scatter.
-    positions = top_index[..., :, None] == jnp.arange(n)
-    grad = jnp.sum(jnp.where(positions, grad_top[..., :, None], 0.0), axis=-2)
+    grad_top = sum(
+        (g[j] / rho[j])[..., None]
+        * rho_without[j - 1]
+        * jnp.exp(jnp.minimum(t - t[..., j - 1 : j], 0.0))
+        for j in range(1, K + 1)
+    )
+
+    def with_top(grad):
+        # top_index holds K distinct positions per row, where the rest's part is 0. A scatter
+        # computes grad_top once; a select per class would redo its arithmetic for every class.
+        rows = jnp.arange(grad.shape[0])[:, None]
+        grad = grad.at[rows, top_index].set(grad_top, unique_indices=True, mode="promise_in_bounds")
+        # The selected entries themselves are x's entries at their indices.
+        return grad.at[rows, index].add(
+            top_cotangent, unique_indices=True, mode="promise_in_bounds"
+        )
+
     if y is None:
-        return (grad,)
+        return (with_top(jnp.zeros(t.shape[:-1] + (n,), t.dtype)),)
 
     # Rest entry i: d log sigma_j / d x_i = y_i sum_a c[a, j] e_{j-1-a}(R \ i), c[a, j] =
-    # r_a exp(gap_sums[j][a]) / rho_j <= C(k, a); fold the cotangent in first: weights D_m.
+    # r_a exp(gap_sums[j][a]) / rho_j <= C(k, a); fold the cotangent in first: weights D_m. Then
+    # sum_m D_m e_m(R \ i) is the derivative of sum_m D_m e_{m+1}(R) by y_i: one reverse pass
+    # through the product tree.
     weights = [
         sum(
             g[j] * r[j - 1 - m] * jnp.exp(gap_sums[j][j - 1 - m]) / rho[j]
@@ -263,11 +308,7 @@ def _log_esf_bwd(K, residuals, cotangent):
         )
         for m in range(K)
     ]
-    if K == 1:
-        return (grad + y * weights[0][..., None],)
-    without = _rest_esf_without_each(y, K - 1)
-    total = weights[0][..., None] + sum(weights[m][..., None] * without[m - 1] for m in range(1, K))
-    return (grad + y * total,)
+    return (with_top(y * _rest_esf_vjp(levels, n, jnp.stack(weights))),)
 
 
 _log_esf_rows.defvjp(_log_esf_fwd, _log_esf_bwd)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from jaxloss.ops import log_esf
+from jaxloss.ops._esf import log_esf_and_top_k
 from tests import testing
 
 mpmath.mp.dps = 40
@@ -102,6 +103,18 @@ def test_float64_matches_mpmath(kind):
     np.testing.assert_allclose(grad, mp_grad(x, k, cotangent), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("n", [6, 17, 33])
+def test_odd_tree_levels_match_mpmath(n):
+    # Widths that turn odd on the way up (17 -> 9 -> 5 -> 3) pad the product tree with a node.
+    k = 5
+    x = _row("gauss", n)
+    cotangent = np.linspace(-1.0, 1.0, k + 1)
+    with jax.enable_x64(True):
+        value, grad = value_and_vjp(jnp.asarray(x), jnp.asarray(cotangent), k)
+    np.testing.assert_allclose(value, mp_log_esf(x, k), rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(grad, mp_grad(x, k, cotangent), rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_float32_matches_mpmath(kind):
     n, k = 40, 5
@@ -161,6 +174,25 @@ def test_axis_batching_and_dtypes():
     rows = jnp.moveaxis(x, 1, -1)
     np.testing.assert_allclose(out[0], jax.vmap(lambda r: log_esf(r, 5))(rows[0]), rtol=1e-6)
     assert log_esf(jnp.asarray(x, jnp.bfloat16), 5, axis=1).dtype == jnp.bfloat16
+
+
+def test_shared_top_k_and_its_gradient():
+    # The selection log_esf makes is returned for reuse: lax.top_k's values, indices and gradient.
+    x = jnp.asarray(testing.random_logits(9, (3, 12), scale=2.0, dtype=np.float32))
+    log_sigma, top, index = jax.jit(lambda v: log_esf_and_top_k(v, 4))(x)
+    want_top, want_index = jax.lax.top_k(x, 5)
+    np.testing.assert_array_equal(top, want_top)
+    np.testing.assert_array_equal(index, want_index)
+    np.testing.assert_array_equal(log_sigma, log_esf(x, 4))
+    weights = jnp.asarray(np.random.default_rng(3).standard_normal((2, 5)), jnp.float32)
+
+    def both(v):
+        log_sigma, top, _ = log_esf_and_top_k(v, 4)
+        return jnp.sum(top * weights[0]) + jnp.sum(log_sigma * weights[1])
+
+    want = jax.grad(lambda v: jnp.sum(jax.lax.top_k(v, 5)[0] * weights[0]))(x)
+    want += jax.grad(lambda v: jnp.sum(log_esf(v, 4) * weights[1]))(x)
+    np.testing.assert_allclose(jax.grad(both)(x), want, rtol=1e-6, atol=1e-7)
 
 
 def test_bad_inputs():
