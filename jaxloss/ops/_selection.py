@@ -7,7 +7,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
@@ -142,5 +141,7 @@ def _top_k_jvp(k, primals, tangents):
     # lax.top_k's own rule: the tangent of each selected entry is the input's at its index.
     (x,), (x_dot,) = primals, tangents
     values, indices = top_k(x, k)
-    index_tangent = np.zeros(indices.shape, jax.dtypes.float0)
+    # A symbolic zero takes the indices' full type, including the mesh axes they vary over inside
+    # shard_map (a plain float0 array would not).
+    index_tangent = jax.custom_derivatives.zero_from_primal(indices)
     return (values, indices), (jnp.take_along_axis(x_dot, indices, axis=-1), index_tangent)

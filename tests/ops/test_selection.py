@@ -78,6 +78,19 @@ def test_gradient_lands_on_the_selected_entries():
     np.testing.assert_array_equal(batched, oracle_grad(x, weights, 3))
 
 
+def test_gradient_inside_shard_map_with_varying_axes():
+    # The indices vary over the mesh axis inside shard_map; their (zero) tangent must too.
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    x = tied(2, (4, 10))
+    weights = testing.random_logits(3, (4, 3))
+    loss = lambda x, w: jnp.sum(w * top_k(x, 3)[0])  # noqa: E731
+    spec = jax.sharding.PartitionSpec("data")
+    grad = jax.jit(jax.shard_map(jax.grad(loss), mesh=mesh, in_specs=(spec, spec), out_specs=spec))(
+        x, weights
+    )
+    np.testing.assert_allclose(grad, oracle_grad(x, weights, 3), rtol=1e-6)
+
+
 def test_finite_differences_forward_and_reverse():
     x = testing.random_logits(4, (3, 8))  # distinct entries: top_k is smooth around them
     testing.check_grads_f64(lambda x: top_k(x, 3)[0], (x,), order=2, modes=("fwd", "rev"))
