@@ -66,15 +66,19 @@ def _mean_kth(k, num_classes, y):
 def _mean_kth_fwd(k, num_classes, y):
     del num_classes
     values, indices = _kth_of_last_axis(y, k)
-    return jnp.mean(values, axis=-1), indices
+    return jnp.mean(values, axis=-1), (y, indices)
 
 
-def _mean_kth_bwd(k, num_classes, indices, g):
+def _mean_kth_bwd(k, num_classes, residuals, g):
     # The k-th largest of a draw moves one for one with the entry that holds it: a one-hot per
     # draw, averaged over the S draws. x, epsilon and the noise get theirs by the chain rule
     # through y = x + epsilon * noise, outside this rule.
     del k
-    one_hot = indices[..., None] == jnp.arange(num_classes)
+    y, indices = residuals
+    # Reading y (a NaN draw, whose value is overridden by NaN anyway, gets nothing) ties the
+    # one-hot to y's layout: with the classes split over devices (many classes), each device
+    # builds its own classes' part instead of every device the whole row.
+    one_hot = (indices[..., None] == jnp.arange(num_classes)) & (y == y)
     return ((g[..., None, None] / indices.shape[-1] * one_hot).astype(g.dtype),)
 
 

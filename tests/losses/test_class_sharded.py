@@ -7,9 +7,9 @@ full row of classes onto one device: log-sum-exps combine by max and sum, and th
 a masked sum, so only per-example scalars cross devices.
 
 One 4-device subprocess compiles every case on a 2 (data) x 2 (model) and a 1 x 4 mesh and reports
-what failed per loss; each loss is then its own test. The top-k family and EXACT's Genz estimator
-need the whole row today (``lax.top_k``, the sorted estimator): their rows are strict xfails that
-record where. EXACT's quadrature is a sum over classes and stays sharded.
+what failed per loss; each loss is then its own test. The top-k family selects from each shard's
+own candidates, the smooth top-k multiplies per-shard ESF polynomials and EXACT's quadrature sums
+over classes. EXACT's Genz estimator is not a case (see below).
 """
 
 from __future__ import annotations
@@ -140,19 +140,10 @@ ESF_TREE = ("smooth_topk_svm",)
 # only per-example, per-node partial sums cross devices.
 CLASS_SUMS = ("exact_quadrature",)
 
-# What each of these moves between devices today (HLO of the 2 x 2 mesh), and from where. EXACT's
-# Genz estimator (not a case: it compiles slowly, C - 1 scan steps) gathers the C - 1 competitors
-# and sorts the whole row.
-NEEDS_WHOLE_ROW = {
-    "balanced_noised_topk": (
-        "values and HLO pass with the class-sharded top_k; the one-hot gradient of the "
-        "k-th entries comes back replicated over 'model'"
-    ),
-    "imbalanced_noised_topk": (
-        "values and HLO pass with the class-sharded top_k; the one-hot gradient of the "
-        "k-th entries comes back replicated over 'model'"
-    ),
-}
+# The noised top-k's threshold from the class-sharded top_k of every draw; its one-hot gradient is
+# built from the draws themselves, so each device builds its own classes' part
+# (jaxloss.ops._noised_topk).
+DRAW_CANDIDATES = ("balanced_noised_topk", "imbalanced_noised_topk")
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +159,7 @@ def failures() -> dict[str, list[str]]:
         *SHARD_CANDIDATES,
         *ESF_TREE,
         *CLASS_SUMS,
-        *(
-            pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=reason))
-            for name, reason in NEEDS_WHOLE_ROW.items()
-        ),
+        *DRAW_CANDIDATES,
     ],
 )
 def test_class_sharded_logits_match_single_device_without_gathering_rows(failures, name):
