@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from jaxloss import _classes
+
 __all__ = [
     "Prepared",
     "check_class_vector",
@@ -165,8 +167,10 @@ class Prepared:
       logits: the logits in the compute dtype, shape ``(..., num_classes)``.
       labels: the integer labels, shape ``(...)``.
       where: the class mask broadcast to the logits' shape, or None.
-      num_classes: size of the class axis.
+      num_classes: the number of classes of a whole row (the class axis's size, times the
+        shards when it is split).
       out_dtype: dtype of the per-example result (the input logits' dtype).
+      classes: how to reduce, select and read labels along the class axis (whole or split).
     """
 
     logits: jax.Array
@@ -174,6 +178,7 @@ class Prepared:
     where: jax.Array | None
     num_classes: int
     out_dtype: jnp.dtype
+    classes: _classes.ClassAxis = _classes.WHOLE
 
 
 def _class_axes(axis: Any, ndim: int, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -208,6 +213,7 @@ def prepare(
     where: Any = None,
     min_classes: int = 1,
     tuple_axis: bool = True,
+    class_axis_name: str | None = None,
 ) -> Prepared:
     """Validates logits, labels and a class mask; moves the class axis last; upcasts 16-bit floats.
 
@@ -223,6 +229,8 @@ def prepare(
       min_classes: the smallest number of classes the caller can handle.
       tuple_axis: whether the caller can take a tuple ``axis`` (functions whose outputs or
         injected inputs keep the class axis cannot).
+      class_axis_name: inside ``shard_map``, the mesh axis that the class axis is split over
+        (each device holds a contiguous block of every row's classes), or None for whole rows.
 
     Raises:
       TypeError: logits not floating point, labels not integer, a malformed axis.
@@ -244,7 +252,8 @@ def prepare(
             f"axis={axis}: this function takes one class axis (an int), not a tuple of axes."
         )
     axes = _class_axes(axis, ndim, tuple(np.shape(logits)))
-    num_classes = int(np.prod([logits.shape[a] for a in axes]))
+    classes = _class_axis(class_axis_name, axes)
+    num_classes = classes.global_size(int(np.prod([logits.shape[a] for a in axes])))
     if num_classes < min_classes:
         raise ValueError(
             f"logits have {num_classes} classes along axis {axis} (shape {logits.shape}); "
@@ -286,4 +295,28 @@ def prepare(
                 f"{tuple(logits.shape)}."
             ) from error
         where = _classes_last(where, axes)
-    return Prepared(moved, labels, where, num_classes, out_dtype)
+    return Prepared(moved, labels, where, num_classes, out_dtype, classes)
+
+
+def _class_axis(class_axis_name: Any, axes: tuple[int, ...]) -> _classes.ClassAxis:
+    """The :class:`ClassAxis` of ``class_axis_name``, checked to be a mesh axis bound here."""
+    if class_axis_name is None:
+        return _classes.WHOLE
+    if not isinstance(class_axis_name, str):
+        raise TypeError(
+            f"class_axis_name must be a mesh axis name (a str) or None, got {class_axis_name!r}."
+        )
+    if len(axes) > 1:
+        raise ValueError(
+            f"class_axis_name={class_axis_name!r} splits one class axis; a tuple of class axes "
+            "is not supported with it."
+        )
+    try:
+        jax.lax.axis_size(class_axis_name)
+    except NameError as error:
+        raise ValueError(
+            f"class_axis_name={class_axis_name!r} is not an axis of an enclosing shard_map (or "
+            "vmap): inside shard_map pass the mesh axis that the class axis is split over; under "
+            "plain jax.jit pass None (XLA splits whole rows itself)."
+        ) from error
+    return _classes.ClassAxis(class_axis_name)

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxloss import _autodiff, _validation
-from jaxloss.losses._softmax import label_value
 from jaxloss.ops._orthant import check_key, gaussian_orthant_probability
 
 __all__ = ["exact_loss"]
@@ -206,7 +205,7 @@ def exact_loss(
         normalize_logits = temperature is not None
     if normalize_logits:
         nan = jnp.isnan(z)
-        poisoned = jnp.isnan(label_value(z, labels))[..., None] | jnp.any(
+        poisoned = jnp.isnan(prepared.classes.label_value(z, labels))[..., None] | jnp.any(
             nan if where is None else nan & where, axis=-1, keepdims=True
         )
         # Non-finite entries keep their value; a NaN row bypasses the statistics, so its NaN
@@ -215,7 +214,7 @@ def exact_loss(
         z = jnp.where(jnp.isfinite(z) & ~poisoned, normalized, z)
 
     competitors = z if whole_row else jnp.take_along_axis(z, others, axis=-1)
-    mu = label_value(z, labels)[..., None] - competitors
+    mu = prepared.classes.label_value(z, labels)[..., None] - competitors
     if margin is not None:
         # An upper clip whose gradient still passes at equality, like torch.clip.
         mu = jnp.where(mu > margin, jnp.asarray(margin, mu.dtype), mu)

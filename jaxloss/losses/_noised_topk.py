@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxloss import _autodiff, _validation
-from jaxloss.losses._softmax import cross_entropy, label_value
+from jaxloss.losses._softmax import cross_entropy
 from jaxloss.ops._noised_topk import noised_topk
 
 __all__ = [
@@ -29,7 +29,7 @@ def _hinge_parts(prepared, k, epsilon, sample_size, key, noise, axis):
     precision (so the limit at a ``+inf`` logit is exact).
     """
     _validation.check_integer("k", k, lower=1, upper=prepared.num_classes - 1)
-    true = label_value(prepared.logits, prepared.labels)
+    true = prepared.classes.label_value(prepared.logits, prepared.labels)
     center = jax.lax.stop_gradient(jnp.where(jnp.isfinite(true), true, 0.0))
     # The op takes the logits in their own layout so that injected noise keeps the caller's axes.
     logits = jnp.moveaxis(prepared.logits - center[..., None], -1, axis)
@@ -292,7 +292,7 @@ def ldam_loss(
     is_label = jnp.arange(prepared.num_classes) == prepared.labels[..., None]
     # Shift invariant: measured from the true score, the margin is not rounded away at large
     # offsets (at 1e4 a float32 ulp is 1e-3), and a single huge score leaves the others exact.
-    true = label_value(prepared.logits, prepared.labels)
+    true = prepared.classes.label_value(prepared.logits, prepared.labels)
     center = jax.lax.stop_gradient(jnp.where(jnp.isfinite(true), true, 0.0))
     shifted = (prepared.logits - center[..., None]) - jnp.where(
         is_label, margins[prepared.labels][..., None], 0.0

@@ -178,7 +178,7 @@ def loss_spec(name: str) -> LossSpec:
 
 
 def get_loss(name: str, *, class_counts: Any = None, **hyperparameters: Any):
-    """A loss by name as ``fn(logits, labels, *, key) -> per-example loss``.
+    """A loss by name as ``fn(logits, labels, *, key, class_axis_name=None) -> per-example loss``.
 
     Args:
       name: one of :func:`available_losses`.
@@ -191,9 +191,12 @@ def get_loss(name: str, *, class_counts: Any = None, **hyperparameters: Any):
         may be traced arrays (one value per member of a vmapped population).
 
     Returns:
-      A function of ``(logits, labels, *, key)``. ``key`` is a ``jax.random`` key, used by the
-      stochastic losses (``exact``, ``balanced_noised_topk``, ``imbalanced_noised_topk``) and
-      ignored by the others; fold a step counter into it so every step draws fresh noise. For the
+      A function of ``(logits, labels, *, key, class_axis_name=None)``. ``key`` is a
+      ``jax.random`` key, used by the stochastic losses (``exact``, ``balanced_noised_topk``,
+      ``imbalanced_noised_topk``) and ignored by the others; fold a step counter into it so every
+      step draws fresh noise. ``class_axis_name`` goes to the loss: inside ``shard_map``, the
+      mesh axis that the classes are split over (the losses that take ``class_counts`` then need
+      each device's block of it: call them directly, with the counts mapped like the logits). For the
       losses made for cosine scores (``spec.logit_scale``), ``logits`` are what their head emits,
       ``scale * cosine``; the function divides by ``scale`` before the loss applies its own.
 
@@ -234,13 +237,19 @@ def get_loss(name: str, *, class_counts: Any = None, **hyperparameters: Any):
     fn = spec.fn
     scale = None if spec.logit_scale is None else spec.scale(kwargs)
 
-    def loss(logits: jax.Array, labels: jax.Array, *, key: jax.Array) -> jax.Array:
+    def loss(
+        logits: jax.Array,
+        labels: jax.Array,
+        *,
+        key: jax.Array,
+        class_axis_name: str | None = None,
+    ) -> jax.Array:
         dtype = jnp.result_type(logits)
         if scale is not None:
             # In float32 at least: the loss multiplies by the scale again.
             logits = logits / jnp.asarray(scale, jnp.promote_types(dtype, jnp.float32))
         noise = {"key": key} if spec.stochastic else {}
-        return fn(logits, labels, **noise, **kwargs).astype(dtype)
+        return fn(logits, labels, **noise, **kwargs, class_axis_name=class_axis_name).astype(dtype)
 
     loss.__name__ = name
     loss.__doc__ = f"{name} loss with {kwargs or 'default hyperparameters'}."

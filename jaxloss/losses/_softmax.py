@@ -1,8 +1,9 @@
 """Softmax pieces shared by the losses, the registry and the metrics (class axis last).
 
 The functions here take *prepared* arrays: the classes along the last axis, in the compute dtype
-(what :func:`jaxloss._validation.prepare` returns), and an optional boolean class mask of the
-logits' shape.
+(what :func:`jaxloss._validation.prepare` returns), an optional boolean class mask of the logits'
+shape, and the :class:`~jaxloss._classes.ClassAxis` that reduces over the classes (``classes``:
+whole rows by default, or rows split over a ``shard_map`` mesh axis).
 
 Every loss built on them is shift invariant, so it works on z - max(z) and exponentiates once: one
 exp pass over a (batch, classes) array, which is what these losses cost, and exact differences such
@@ -20,6 +21,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from jaxloss._classes import WHOLE, ClassAxis
 
 
 class SoftmaxParts(NamedTuple):
@@ -46,23 +49,25 @@ def _mask(logits: jax.Array, where: jax.Array | None) -> jax.Array:
     return logits if where is None else jnp.where(where, logits, -jnp.inf)
 
 
-def _shift(masked: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _shift(masked: jax.Array, classes: ClassAxis) -> tuple[jax.Array, jax.Array]:
     """The row maximum as a shift (kept dims, no gradient) and whether the row keeps a class.
 
     A row with no class left has maximum -inf: it is shifted by 0, so that it stays -inf instead of
     turning NaN. A NaN compares unequal to -inf, so a NaN logit keeps its row (and makes it NaN).
     """
-    top = jnp.max(masked, axis=-1, keepdims=True)
+    top = classes.max(masked)[..., None]
     kept = top != -jnp.inf
-    return jax.lax.stop_gradient(jnp.where(kept, top, 0.0)), kept[..., 0]
+    return jnp.where(kept, top, 0.0), kept[..., 0]
 
 
-def row_max(logits: jax.Array, where: jax.Array | None = None) -> jax.Array:
+def row_max(
+    logits: jax.Array, where: jax.Array | None = None, *, classes: ClassAxis = WHOLE
+) -> jax.Array:
     """max(z) over the kept classes of the last axis, as a shift: kept dims, no gradient.
 
     0 on a row with no class left.
     """
-    return _shift(_mask(logits, where))[0]
+    return _shift(_mask(logits, where), classes)[0]
 
 
 def shifted_logits(
@@ -72,6 +77,7 @@ def shifted_logits(
     *,
     bias: jax.Array | None = None,
     bias_spread: float | None = None,
+    classes: ClassAxis = WHOLE,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """logits + bias shifted by their max over the kept classes of the last axis.
 
@@ -84,6 +90,7 @@ def shifted_logits(
       bias_spread: max(bias) - min(bias) when it is known (concrete). Below
         :data:`MAX_BIAS_SPREAD`, max(z) + max(b) is the shift: the max pass then reads the logits
         alone, instead of z + b (whose broadcast XLA writes out as one more (..., C) array).
+      classes: the class axis, whole or split.
 
     Returns:
       ``(shifted, label, kept)``: the shifted values, shape ``(..., C)``, -inf at masked classes;
@@ -92,17 +99,17 @@ def shifted_logits(
     """
     masked = _mask(logits, where)
     if bias is None:
-        top, kept = _shift(masked)
+        top, kept = _shift(masked, classes)
         shifted = masked - top
-        label = label_value(logits, labels) - top[..., 0]
+        label = classes.label_value(logits, labels) - top[..., 0]
     else:
         if bias_spread is not None and bias_spread < MAX_BIAS_SPREAD:
-            top, kept = _shift(masked)
-            top = top + jnp.max(bias)
+            top, kept = _shift(masked, classes)
+            top = top + classes.max(bias)
         else:
-            top, kept = _shift(masked + bias)
+            top, kept = _shift(masked + bias, classes)
         shifted = (masked - top) + bias
-        label = (label_value(logits, labels) - top[..., 0]) + bias[labels]
+        label = (classes.label_value(logits, labels) - top[..., 0]) + classes.take(bias, labels)
     return shifted, jnp.where(kept, label, 0.0), kept
 
 
@@ -113,6 +120,7 @@ def softmax_parts(
     *,
     bias: jax.Array | None = None,
     bias_spread: float | None = None,
+    classes: ClassAxis = WHOLE,
 ) -> SoftmaxParts:
     """The parts of softmax(logits + bias) over the last axis; classes excluded by ``where`` get
     p = 0.
@@ -123,20 +131,21 @@ def softmax_parts(
       where: optional boolean class mask of the logits' shape.
       bias: optional finite per-class term, shape ``(C,)``, as in :func:`shifted_logits`.
       bias_spread: max(bias) - min(bias) when known, as in :func:`shifted_logits`.
+      classes: the class axis, whole or split.
     """
-    shifted, label, kept = shifted_logits(logits, labels, where, bias=bias, bias_spread=bias_spread)
+    shifted, label, kept = shifted_logits(
+        logits, labels, where, bias=bias, bias_spread=bias_spread, classes=classes
+    )
     # One (..., C) array and one reduction, of the other classes (masked before the exponential, so
     # that the gradient reads the same array): the total adds the label's term to their sum, so that
     # 1 - p_y = rest / total keeps full relative precision when p_y rounds to 1 (total - exp_y
     # would cancel to 0), without a second pass over the classes.
-    others = jnp.exp(
-        jnp.where(jnp.arange(logits.shape[-1]) != labels[..., None], shifted, -jnp.inf)
-    )
-    rest = jnp.where(kept, jnp.sum(others, axis=-1), 0.0)
+    others = jnp.exp(jnp.where(classes.is_label(labels, logits.shape[-1]), -jnp.inf, shifted))
+    rest = jnp.where(kept, classes.sum(others), 0.0)
     label_exp = jnp.exp(label)
     if where is not None:
         # An excluded label class leaves the total; its logit still enters the loss as it is.
-        label_exp = jnp.where(label_value(where, labels), label_exp, 0.0)
+        label_exp = jnp.where(classes.label_value(where, labels), label_exp, 0.0)
     total = jnp.where(kept, rest + label_exp, 1.0)
     return SoftmaxParts(rest, total, label)
 
@@ -148,6 +157,7 @@ def cross_entropy(
     where: jax.Array | None = None,
     bias: jax.Array | None = None,
     bias_spread: float | None = None,
+    classes: ClassAxis = WHOLE,
 ) -> jax.Array:
     r"""Softmax cross-entropy with integer labels, optax's semantics on prepared arrays.
 
@@ -165,6 +175,7 @@ def cross_entropy(
       where: optional boolean class mask of the logits' shape; False excludes a class.
       bias: optional per-class term added to the logits, as in :func:`softmax_parts`.
       bias_spread: max(bias) - min(bias) when known, as in :func:`softmax_parts`.
+      classes: the class axis, whole or split.
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.
@@ -176,18 +187,7 @@ def cross_entropy(
       >>> print(cross_entropy(logits, jnp.array([0, 1])).round(4).tolist())
       [0.2761, 2.9518]
     """
-    parts = softmax_parts(logits, labels, where, bias=bias, bias_spread=bias_spread)
+    parts = softmax_parts(
+        logits, labels, where, bias=bias, bias_spread=bias_spread, classes=classes
+    )
     return jnp.log(parts.total) - parts.label
-
-
-def label_value(values: jax.Array, labels: jax.Array) -> jax.Array:
-    """values[..., labels]: the entry of the labelled class.
-
-    Args:
-      values: shape ``(..., C)``.
-      labels: integer labels in ``[0, C)``, shape ``(...)``.
-
-    Returns:
-      Shape ``(...)``.
-    """
-    return jnp.take_along_axis(values, labels[..., None], axis=-1)[..., 0]

@@ -13,7 +13,7 @@ import numpy as np
 __all__ = ["LossSpec", "Range"]
 
 # Keyword arguments of the library's losses that are plumbing, not hyperparameters.
-PLUMBING = frozenset({"key", "axis", "axis_name", "where", "noise", "uniforms"})
+PLUMBING = frozenset({"key", "axis", "axis_name", "class_axis_name", "where", "noise", "uniforms"})
 # Per-class statistics of the training data: passed by the training loop, never tuned.
 CLASS_COUNTS = "class_counts"
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxloss import _validation
-from jaxloss.losses._softmax import label_value
+from jaxloss._classes import WHOLE
 
 __all__ = [
     "balanced_accuracy",
@@ -57,7 +57,7 @@ def topk_accuracy(logits: Any, labels: Any, *, k: int, axis: int = -1) -> jax.Ar
 @functools.partial(jax.jit, static_argnames="k")
 def _topk_hits(scores: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     valid = (labels >= 0) & (labels < scores.shape[-1])
-    label_score = label_value(scores, jnp.where(valid, labels, 0))
+    label_score = WHOLE.label_value(scores, jnp.where(valid, labels, 0))
     # Counting the strictly greater scores is O(C) and needs no sort, unlike lax.top_k.
     num_greater = jnp.sum(scores > label_score[..., None], axis=-1)
     hit = valid & (num_greater < k) & ~jnp.isnan(label_score)

@@ -1,16 +1,18 @@
 """Class-sharded logits: the class axis split over a ``'model'`` mesh axis (many classes).
 
 With the logits placed as ``P('data', 'model')``, the labels as ``P('data')`` and per-class vectors
-as ``P('model')``, a closed-form loss under ``jax.jit`` gives the single-device values and
-gradients, returns the gradient sharded like the logits, and its compiled program never moves a
-full row of classes onto one device: log-sum-exps combine by max and sum, and the label's logit is
-a masked sum, so only per-example scalars cross devices.
+as ``P('model')``, every loss gives the single-device values and gradients, returns the gradient
+sharded like the logits, and its compiled program never moves a full row of classes onto one
+device, in both forms:
 
-One 4-device subprocess compiles every case on a 2 (data) x 2 (model) and a 1 x 4 mesh and reports
-what failed per loss; each loss is then its own test. The top-k family selects from each shard's
-own candidates, the smooth top-k multiplies per-shard ESF polynomials and EXACT's quadrature sums
-over classes. EXACT's Genz estimator is not a case (see below).
-"""
+- ``jit``: the loss as it is under ``jax.jit``; XLA splits the work (log-sum-exps combine by max
+  and sum, the label's logit is a masked sum, top-k selects from each shard's candidates);
+- ``shard_map``: the loss inside ``jax.shard_map`` given ``class_axis_name='model'``, each device
+  seeing its own block of classes (``jaxloss._classes.ClassAxis`` combines the shards).
+
+One 4-device subprocess compiles every case in both forms on a 2 (data) x 2 (model) and a 1 x 4
+mesh and reports what failed per loss and form; each is then its own test. EXACT's Genz
+estimator is not a case (see below)."""
 
 from __future__ import annotations
 
@@ -38,31 +40,43 @@ per_class = {
 noise = jnp.asarray(rng.standard_normal((batch, classes, 5)), jnp.float32)
 key = jax.random.key(0)
 
-# name -> (loss of (logits, labels, arrays), the arrays it takes, each with its partition spec).
+# name -> (loss of (logits, labels, arrays, **options), the arrays it takes, each with its partition
+# spec). Under shard_map the options hold class_axis_name="model".
 counts = {"class_counts": P("model")}
+noise = {"noise": P("data", "model", None)}
 CASES = {
-    "cross_entropy": (lambda z, y, a: jaxloss.get_loss("cross_entropy")(z, y, key=key), {}),
+    "cross_entropy": (
+        lambda z, y, a, **o: jaxloss.get_loss("cross_entropy")(z, y, key=key, **o), {}),
     "label_smoothing": (
-        lambda z, y, a: jaxloss.get_loss("label_smoothing", alpha=0.1)(z, y, key=key), {}),
-    "label_relaxation": (lambda z, y, a: jaxloss.label_relaxation_loss(z, y, alpha=0.1), {}),
-    "confidence_penalty": (lambda z, y, a: jaxloss.confidence_penalty_loss(z, y, beta=0.3), {}),
+        lambda z, y, a, **o: jaxloss.get_loss("label_smoothing", alpha=0.1)(z, y, key=key, **o),
+        {}),
+    "label_relaxation": (
+        lambda z, y, a, **o: jaxloss.label_relaxation_loss(z, y, alpha=0.1, **o), {}),
+    "confidence_penalty": (
+        lambda z, y, a, **o: jaxloss.confidence_penalty_loss(z, y, beta=0.3, **o), {}),
     "focal": (
-        lambda z, y, a: jaxloss.softmax_focal_loss(z, y, gamma=2.0, **a),
+        lambda z, y, a, **o: jaxloss.softmax_focal_loss(z, y, gamma=2.0, **a, **o),
         {"class_weights": P("model")}),
-    "poly1": (lambda z, y, a: jaxloss.poly1_loss(z, y, epsilon=1.0), {}),
-    "balanced_softmax": (lambda z, y, a: jaxloss.balanced_softmax_loss(z, y, **a), counts),
-    "logit_adjusted": (lambda z, y, a: jaxloss.logit_adjusted_loss(z, y, tau=0.7, **a), counts),
-    "ldam": (lambda z, y, a: jaxloss.ldam_loss(z, y, max_m=0.5, scale=10.0, **a), counts),
-    "topk_svm": (lambda z, y, a: jaxloss.topk_svm_loss(z, y, k=2), {}),
-    "smooth_topk_svm": (lambda z, y, a: jaxloss.smooth_topk_svm_loss(z, y, k=2), {}),
+    "poly1": (lambda z, y, a, **o: jaxloss.poly1_loss(z, y, epsilon=1.0, **o), {}),
+    "balanced_softmax": (
+        lambda z, y, a, **o: jaxloss.balanced_softmax_loss(z, y, **a, **o), counts),
+    "logit_adjusted": (
+        lambda z, y, a, **o: jaxloss.logit_adjusted_loss(z, y, tau=0.7, **a, **o), counts),
+    "ldam": (
+        lambda z, y, a, **o: jaxloss.ldam_loss(z, y, max_m=0.5, scale=10.0, **a, **o), counts),
+    "topk_svm": (lambda z, y, a, **o: jaxloss.topk_svm_loss(z, y, k=2, **o), {}),
+    "smooth_topk_svm": (lambda z, y, a, **o: jaxloss.smooth_topk_svm_loss(z, y, k=2, **o), {}),
+    "smooth_topk_svm_k1": (
+        lambda z, y, a, **o: jaxloss.smooth_topk_svm_loss(z, y, k=1, **o), {}),
     "balanced_noised_topk": (
-        lambda z, y, a: jaxloss.balanced_noised_topk_loss(z, y, k=2, epsilon=1.0, **a),
-        {"noise": P("data", "model", None)}),
+        lambda z, y, a, **o: jaxloss.balanced_noised_topk_loss(z, y, k=2, epsilon=1.0, **a, **o),
+        noise),
     "imbalanced_noised_topk": (
-        lambda z, y, a: jaxloss.imbalanced_noised_topk_loss(
-            z, y, k=2, epsilon=0.01, max_m=0.2, **a),
-        {"noise": P("data", "model", None), **counts}),
-    "exact_quadrature": (lambda z, y, a: jaxloss.exact_loss(z, y, method="quadrature"), {}),
+        lambda z, y, a, **o: jaxloss.imbalanced_noised_topk_loss(
+            z, y, k=2, epsilon=0.01, max_m=0.2, **a, **o),
+        {**noise, **counts}),
+    "exact_quadrature": (
+        lambda z, y, a, **o: jaxloss.exact_loss(z, y, method="quadrature", **o), {}),
 }
 values = {**per_class, "noise": noise}
 
@@ -83,17 +97,28 @@ def full_rows(hlo, rows):
     return found
 
 
-def check(fn, specs):
+def class_sharded(fn, specs, mesh):
+    # fn under shard_map, each device holding a block of the classes of its rows.
+    return jax.shard_map(
+        lambda z, y, a: fn(z, y, a, class_axis_name="model"),
+        mesh=mesh,
+        in_specs=(P("data", "model"), P("data"), specs),
+        out_specs=P("data"),
+    )
+
+
+def check(fn, specs, form):
     arrays = {name: values[name] for name in specs}
-    grad_fn = jax.value_and_grad(lambda z, y, a: jnp.mean(fn(z, y, a)))
-    ref_val, ref_grad = jax.jit(grad_fn)(z, y, arrays)
+    mean = lambda fn: jax.value_and_grad(lambda z, y, a: jnp.mean(fn(z, y, a)))
+    ref_val, ref_grad = jax.jit(mean(fn))(z, y, arrays)
     failures = []
     for d, m in ((2, 2), (1, 4)):
         mesh = Mesh(np.array(jax.devices()).reshape(d, m), ("data", "model"))
         put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
         args = (put(z, P("data", "model")), put(y, P("data")),
                 {name: put(x, specs[name]) for name, x in arrays.items()})
-        compiled = jax.jit(grad_fn).lower(*args).compile()
+        loss = fn if form == "jit" else class_sharded(fn, {n: specs[n] for n in arrays}, mesh)
+        compiled = jax.jit(mean(loss)).lower(*args).compile()
         val, grad = compiled(*args)
         where = f"{d}x{m}"
         if not np.allclose(val, ref_val, rtol=1e-5, atol=0):
@@ -108,10 +133,11 @@ def check(fn, specs):
 
 results = {}
 for name, (fn, specs) in CASES.items():
-    try:
-        results[name] = check(fn, specs)
-    except Exception as error:  # one broken loss must not hide the others' results
-        results[name] = [f"{type(error).__name__}: {error}"]
+    for form in ("jit", "shard_map"):
+        try:
+            results[f"{name}/{form}"] = check(fn, specs, form)
+        except Exception as error:  # one broken loss must not hide the others' results
+            results[f"{name}/{form}"] = [f"{type(error).__name__}: {str(error)[:2000]}"]
 print(json.dumps(results))
 """
 
@@ -134,7 +160,7 @@ SHARD_CANDIDATES = ("topk_svm",)
 # log_esf's product tree multiplies neighbouring classes, so each shard reduces its own classes;
 # only the last levels' nodes (k coefficients per shard and example) and the top-k candidates cross
 # devices (jaxloss.ops._esf).
-ESF_TREE = ("smooth_topk_svm",)
+ESF_TREE = ("smooth_topk_svm", "smooth_topk_svm_k1")
 
 # EXACT's quadrature sums log-CDF terms over the whole row, the label's class excluded by a mask:
 # only per-example, per-node partial sums cross devices.
@@ -152,15 +178,10 @@ def failures() -> dict[str, list[str]]:
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize("form", ["jit", "shard_map"])
 @pytest.mark.parametrize(
-    "name",
-    [
-        *CLOSED_FORM,
-        *SHARD_CANDIDATES,
-        *ESF_TREE,
-        *CLASS_SUMS,
-        *DRAW_CANDIDATES,
-    ],
+    "name", [*CLOSED_FORM, *SHARD_CANDIDATES, *ESF_TREE, *CLASS_SUMS, *DRAW_CANDIDATES]
 )
-def test_class_sharded_logits_match_single_device_without_gathering_rows(failures, name):
-    assert failures[name] == [], "\n".join(failures[name])
+def test_class_sharded_logits_match_single_device_without_gathering_rows(failures, name, form):
+    found = failures[f"{name}/{form}"]
+    assert found == [], "\n".join(found)
