@@ -101,19 +101,28 @@ class ClassAxis:
         local_size = values.shape[-1]
         local, index = _selection.top_k(values, min(k, local_size))
         index = index + lax.axis_index(self.name) * local_size
-        last = values.ndim - 1
         # Gathered in shard order, lowest index first within a shard: the merge keeps ties in
         # global index order.
-        local = lax.all_gather(local, self.name, axis=last, tiled=True)
-        index = lax.all_gather(index, self.name, axis=last, tiled=True)
-        best, position = _selection.top_k(local, k)
-        return best, jnp.take_along_axis(index, position, axis=-1)
+        best, position = _selection.top_k(self._gather(local), k)
+        return best, jnp.take_along_axis(self._gather(index), position, axis=-1)
 
     def whole(self, values: jax.Array) -> jax.Array:
         """The whole rows (all classes in order) on every device: for what cannot combine shards."""
-        if self.name is None:
-            return values
-        return lax.all_gather(values, self.name, axis=values.ndim - 1, tiled=True)
+        return values if self.name is None else self._gather(values)
+
+    def _gather(self, values: jax.Array) -> jax.Array:
+        """The shards' blocks of the last axis, concatenated in shard order, on every device.
+
+        An all-gather as a sum of zero-padded blocks: the result is the same on every device and
+        typed so (``shard_map``'s replication check accepts it as an output replicated over the
+        axis, which ``lax.all_gather``'s is not), and its transpose hands each shard the
+        cotangent of its own block.
+        """
+        summable = values.astype(jnp.int32) if values.dtype == jnp.bool_ else values
+        slots = lax.axis_index(self.name) == jnp.arange(self.shards)
+        blocks = jnp.where(slots[:, None], summable[..., None, :], jnp.zeros((), summable.dtype))
+        gathered = lax.psum(blocks, self.name).reshape(values.shape[:-1] + (-1,))
+        return gathered.astype(values.dtype)
 
 
 WHOLE = ClassAxis()
