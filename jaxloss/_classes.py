@@ -101,9 +101,15 @@ class ClassAxis:
         local_size = values.shape[-1]
         local, index = _selection.top_k(values, min(k, local_size))
         index = index + lax.axis_index(self.name) * local_size
-        # Gathered in shard order, lowest index first within a shard: the merge keeps ties in
-        # global index order.
-        best, position = _selection.top_k(self._gather(local), k)
+        # The merge ranks the candidates' bit patterns, gathered exactly: a sum of floats turns
+        # -0.0 into +0.0, which top_k ranks above -0.0. Gathered in shard order, lowest index
+        # first within a shard, the merge keeps ties in global index order.
+        bits = jnp.dtype(f"int{8 * local.dtype.itemsize}")
+        exact = lax.bitcast_convert_type(
+            self._gather(lax.bitcast_convert_type(lax.stop_gradient(local), bits)), local.dtype
+        )
+        _, position = _selection.top_k(exact, k)
+        best = jnp.take_along_axis(self._gather(local), position, axis=-1)
         return best, jnp.take_along_axis(self._gather(index), position, axis=-1)
 
     def whole(self, values: jax.Array) -> jax.Array:

@@ -23,6 +23,9 @@ mesh = Mesh(np.array(jax.devices()), ("model",))
 rng = np.random.default_rng(0)
 # Small integers: ties within and across the 4 shards of 4 classes each.
 x = jnp.asarray(rng.integers(-3, 4, (5, 16)), jnp.float32).at[0, 5].set(-jnp.inf)
+# Signed zeros: top_k ranks +0.0 above -0.0, and the gathered candidates must keep the sign.
+row = [1, -0.0, 2, 3, 0.0, 5, 6, 7] + [-1] * 8  # the 7th largest: +0.0, index 4
+x = x.at[1].set(jnp.asarray(row, jnp.float32))
 labels = jnp.asarray([0, 5, 15, 8, 3])
 vector = jnp.asarray(rng.standard_normal(16), jnp.float32)
 split = ClassAxis("model")
@@ -42,8 +45,8 @@ checks = {
     "label_value": (lambda c, x, y: c.label_value(x, y), (P(),)),
     "label_value_bool": (lambda c, x, y: c.label_value(x > 0, y).astype(jnp.float32), (P(),)),
     "take": (lambda c, x, y, v: c.take(v, y), (P(), P("model"))),
-    "top_k_values": (lambda c, x: c.top_k(x, 6)[0], ()),
-    "top_k_indices": (lambda c, x: c.top_k(x, 6)[1].astype(jnp.float32), ()),
+    "top_k_values": (lambda c, x: c.top_k(x, 7)[0], ()),
+    "top_k_indices": (lambda c, x: c.top_k(x, 7)[1].astype(jnp.float32), ()),
     "global_size": (lambda c, x: jnp.full((), c.global_size(x.shape[-1]), jnp.float32), ()),
     "whole": (lambda c, x: c.whole(x), ()),
     "whole_bool": (lambda c, x: c.whole(x > 0).astype(jnp.float32), ()),

@@ -13,21 +13,31 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 
 def _columns(array: jax.Array) -> jax.Array:
-    """``array`` rebuilt column by column from masked sums (exact: the other terms are zeros)."""
+    """``array`` rebuilt column by column from masked maxima.
+
+    Exact, -0.0 and NaN included: the other terms are the dtype's lowest value (a masked sum
+    would turn -0.0 into +0.0, which ``lax.top_k`` ranks above -0.0).
+    """
     positions = jnp.arange(array.shape[-1])
-    zeros = jnp.zeros_like(array)
+    if jnp.issubdtype(array.dtype, jnp.floating):
+        lowest = jnp.asarray(-jnp.inf, array.dtype)
+    else:
+        lowest = jnp.asarray(jnp.iinfo(array.dtype).min, array.dtype)
     return jnp.stack(
-        [jnp.sum(jnp.where(positions == j, array, zeros), axis=-1) for j in range(array.shape[-1])],
+        [
+            jnp.max(jnp.where(positions == j, array, lowest), axis=-1)
+            for j in range(array.shape[-1])
+        ],
         axis=-1,
     )
 
 
 def _read_top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """``lax.top_k`` read through masked sums.
+    """``lax.top_k`` read through masked maxima.
 
     XLA:CPU rewrites a TopK whose outputs are sliced into a full sort: 534 ms instead of 10 ms for
     k = 6 on a 2560x1000 array (jax 0.10), and the losses need single columns such as the k-th
-    largest. Reading the outputs through masked sums keeps the TopK; an optimization barrier would
+    largest. Reading the outputs through masked reductions keeps the TopK; an optimization barrier would
     too, but crashes XLA's compiler under ``jax.pmap``. k is small here, so the k extra reductions
     over (..., k) arrays cost nothing measurable.
     """
@@ -124,7 +134,7 @@ def top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     """The k largest entries of the last axis, descending, and their indices, safe to slice.
 
     ``lax.top_k``'s results (ties: lowest index first) and derivative, with two differences in how
-    XLA compiles it. On XLA:CPU the outputs are read through masked sums, which keeps the TopK
+    XLA compiles it. On XLA:CPU the outputs are read through masked maxima, which keeps the TopK
     from becoming a full sort (see ``_read_top_k``). Under ``jax.jit`` with the last axis sharded
     over mesh axes (class-sharded logits), each shard selects its own top k and only those k
     candidates per shard cross devices, not the row.
