@@ -17,6 +17,7 @@ def label_relaxation_loss(
     alpha: float = 0.1,
     axis: int | tuple[int, ...] = -1,
     where: jax.Array | None = None,
+    class_axis_name: str | None = None,
 ) -> jax.Array:
     r"""Label relaxation loss: KL divergence from the closest distribution of a credal set.
 
@@ -47,6 +48,10 @@ def label_relaxation_loss(
       where: optional boolean mask, broadcastable to ``logits`` (False excludes a class) or of the
         labels' shape (False excludes an example, whose loss is 0). An excluded class leaves the
         softmax; the label's logit enters as it is even when its class is excluded, as in optax.
+      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
+        (each device holding a contiguous block of every row's classes, and of any per-class
+        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
+        XLA splits class-sharded logits itself.
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.
@@ -63,8 +68,12 @@ def label_relaxation_loss(
       <https://ojs.aaai.org/index.php/AAAI/article/view/17041>`_, AAAI 2021.
     """
     _validation.check_in_range("alpha", alpha, lower=0.0, upper=1.0, upper_open=True)
-    inputs = _validation.prepare(logits, labels, axis=axis, where=where, min_classes=2)
-    parts = _softmax.softmax_parts(inputs.logits, inputs.labels, inputs.where)
+    inputs = _validation.prepare(
+        logits, labels, axis=axis, where=where, min_classes=2, class_axis_name=class_axis_name
+    )
+    parts = _softmax.softmax_parts(
+        inputs.logits, inputs.labels, inputs.where, classes=inputs.classes
+    )
     log_total = jnp.log(parts.total)
     log_p_y = parts.label - log_total
     alpha = jnp.asarray(alpha, log_total.dtype)

@@ -7,19 +7,28 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxloss import _validation
+from jaxloss._classes import ClassAxis
 from jaxloss.losses import _softmax
 
 
-def _log_prior(values, num_classes: int, dtype) -> jax.Array:
-    """log π from positive class counts or priors: normalized, so that the scale never matters."""
+def _log_prior(values, inputs: _validation.Prepared) -> jax.Array:
+    """log π from positive class counts or priors: normalized, so that the scale never matters.
+
+    Under ``class_axis_name`` ``values`` is the device's block: it has the local number of classes,
+    and the normalizer sums every shard's.
+    """
+    counts = _validation.check_class_vector("class_counts", values, inputs.logits.shape[-1])
     # Counts are logged in float32 or wider: fp16/bf16 would round them first (2775 -> 2776).
-    counts = _validation.check_class_vector("class_counts", values, num_classes).astype(dtype)
-    return jnp.log(counts) - jnp.log(jnp.sum(counts))
+    counts = counts.astype(inputs.logits.dtype)
+    return jnp.log(counts) - jnp.log(inputs.classes.sum(counts))
 
 
-def _known_spread(class_counts, tau) -> float | None:
+def _known_spread(class_counts, tau, classes: ClassAxis) -> float | None:
     """tau * log(max n / min n), the spread of the logit shift, when the counts and tau are
-    concrete; None when either is traced."""
+    concrete and whole; None otherwise (traced, or one device's block of split classes, whose
+    spread is not the whole vector's)."""
+    if classes.name is not None:
+        return None
     try:
         counts = np.asarray(class_counts, np.float64)
         return float(tau) * float(np.log(counts.max() / counts.min()))
@@ -27,16 +36,18 @@ def _known_spread(class_counts, tau) -> float | None:
         return None
 
 
-def _adjusted_cross_entropy(logits, labels, *, class_counts, tau, axis, where):
+def _adjusted_cross_entropy(logits, labels, *, class_counts, tau, axis, where, class_axis_name):
     _validation.check_in_range("tau", tau, lower=0.0)
-    inputs = _validation.prepare(logits, labels, axis=axis, where=where)
-    shift = tau * _log_prior(class_counts, inputs.num_classes, inputs.logits.dtype)
+    inputs = _validation.prepare(
+        logits, labels, axis=axis, where=where, class_axis_name=class_axis_name
+    )
     ce = _softmax.cross_entropy(
         inputs.logits,
         inputs.labels,
         where=inputs.where,
-        bias=shift,
-        bias_spread=_known_spread(class_counts, tau),
+        bias=tau * _log_prior(class_counts, inputs),
+        bias_spread=_known_spread(class_counts, tau, inputs.classes),
+        classes=inputs.classes,
     )
     return ce.astype(inputs.out_dtype)
 
@@ -48,6 +59,7 @@ def balanced_softmax_loss(
     class_counts: jax.Array,
     axis: int | tuple[int, ...] = -1,
     where: jax.Array | None = None,
+    class_axis_name: str | None = None,
 ) -> jax.Array:
     r"""Balanced Softmax: cross-entropy on logits shifted by the log training class counts.
 
@@ -63,13 +75,18 @@ def balanced_softmax_loss(
     Args:
       logits: unnormalized scores, shape ``(..., num_classes)`` (classes along ``axis``).
       labels: integer labels in ``[0, num_classes)``, shape ``(...)``.
-      class_counts: training examples per class in label order, shape ``(num_classes,)``; every
-        count must be positive (a zero count would give an infinite loss).
+      class_counts: training examples per class in label order, shape ``(num_classes,)`` (under
+        ``class_axis_name``, the device's block of it); every count must be positive (a zero
+        count would give an infinite loss).
       axis: the class axis of ``logits``, or a tuple of axes whose flattened product is the
         class axis (as in optax).
       where: optional boolean mask, broadcastable to ``logits`` (False excludes a class) or of the
         labels' shape (False excludes an example, whose loss is 0). An excluded class leaves the
         softmax; the label's logit enters as it is even when its class is excluded, as in optax.
+      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
+        (each device holding a contiguous block of every row's classes, and of any per-class
+        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
+        XLA splits class-sharded logits itself.
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.
@@ -88,7 +105,13 @@ def balanced_softmax_loss(
       <https://arxiv.org/abs/2007.10740>`_, NeurIPS 2020.
     """
     return _adjusted_cross_entropy(
-        logits, labels, class_counts=class_counts, tau=1.0, axis=axis, where=where
+        logits,
+        labels,
+        class_counts=class_counts,
+        tau=1.0,
+        axis=axis,
+        where=where,
+        class_axis_name=class_axis_name,
     )
 
 
@@ -100,6 +123,7 @@ def logit_adjusted_loss(
     tau: float = 1.0,
     axis: int | tuple[int, ...] = -1,
     where: jax.Array | None = None,
+    class_axis_name: str | None = None,
 ) -> jax.Array:
     r"""Logit-adjusted cross-entropy: the training-time form of logit adjustment.
 
@@ -114,13 +138,18 @@ def logit_adjusted_loss(
       logits: unnormalized scores, shape ``(..., num_classes)`` (classes along ``axis``).
       labels: integer labels in ``[0, num_classes)``, shape ``(...)``.
       class_counts: training examples per class, or the class priors (any positive vector: it
-        is normalized), shape ``(num_classes,)``.
+        is normalized), shape ``(num_classes,)`` (under ``class_axis_name``, the device's block
+        of it).
       tau: strength of the adjustment, ``>= 0``.
       axis: the class axis of ``logits``, or a tuple of axes whose flattened product is the
         class axis (as in optax).
       where: optional boolean mask, broadcastable to ``logits`` (False excludes a class) or of the
         labels' shape (False excludes an example, whose loss is 0). An excluded class leaves the
         softmax; the label's logit enters as it is even when its class is excluded, as in optax.
+      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
+        (each device holding a contiguous block of every row's classes, and of any per-class
+        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
+        XLA splits class-sharded logits itself.
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.
@@ -138,12 +167,23 @@ def logit_adjusted_loss(
       <https://arxiv.org/abs/2007.07314>`_, ICLR 2021.
     """
     return _adjusted_cross_entropy(
-        logits, labels, class_counts=class_counts, tau=tau, axis=axis, where=where
+        logits,
+        labels,
+        class_counts=class_counts,
+        tau=tau,
+        axis=axis,
+        where=where,
+        class_axis_name=class_axis_name,
     )
 
 
 def logit_adjust(
-    logits: jax.Array, *, class_counts: jax.Array, tau: float = 1.0, axis: int = -1
+    logits: jax.Array,
+    *,
+    class_counts: jax.Array,
+    tau: float = 1.0,
+    axis: int = -1,
+    class_axis_name: str | None = None,
 ) -> jax.Array:
     r"""Post-hoc logit adjustment: subtract the scaled log prior from a trained model's logits.
 
@@ -157,9 +197,14 @@ def logit_adjust(
     Args:
       logits: unnormalized scores, shape ``(..., num_classes)`` (classes along ``axis``).
       class_counts: training examples per class, or the class priors (any positive vector: it
-        is normalized, so both give the same result), shape ``(num_classes,)``.
+        is normalized, so both give the same result), shape ``(num_classes,)`` (under
+        ``class_axis_name``, the device's block of it).
       tau: strength of the adjustment, ``>= 0``.
       axis: the class axis of ``logits`` (one axis: the output keeps the logits' layout).
+      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
+        (each device holding a contiguous block of every row's classes, and of any per-class
+        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
+        XLA splits class-sharded logits itself.
 
     Returns:
       The adjusted logits, same shape and dtype as ``logits``.
@@ -176,6 +221,8 @@ def logit_adjust(
       <https://arxiv.org/abs/2007.07314>`_, ICLR 2021.
     """
     _validation.check_in_range("tau", tau, lower=0.0)
-    inputs = _validation.prepare(logits, axis=axis, tuple_axis=False)
-    shift = tau * _log_prior(class_counts, inputs.num_classes, inputs.logits.dtype)
+    inputs = _validation.prepare(
+        logits, axis=axis, tuple_axis=False, class_axis_name=class_axis_name
+    )
+    shift = tau * _log_prior(class_counts, inputs)
     return jnp.moveaxis(inputs.logits - shift, -1, axis).astype(inputs.out_dtype)

@@ -18,6 +18,7 @@ def poly1_loss(
     epsilon: float = 1.0,
     axis: int | tuple[int, ...] = -1,
     where: jax.Array | None = None,
+    class_axis_name: str | None = None,
 ) -> jax.Array:
     r"""Poly-1 loss: cross-entropy plus :math:`\epsilon` times the first term of its Taylor series.
 
@@ -39,6 +40,10 @@ def poly1_loss(
       axis: the class axis (or axes) of ``logits``.
       where: optional boolean class mask broadcastable to ``logits`` (or a per-example mask of the
         labels' shape); False excludes a class.
+      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
+        (each device holding a contiguous block of every row's classes, and of any per-class
+        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
+        XLA splits class-sharded logits itself.
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.
@@ -55,8 +60,12 @@ def poly1_loss(
       <https://arxiv.org/abs/2204.12511>`_, ICLR 2022.
     """
     _validation.check_in_range("epsilon", epsilon, lower=-1.0)
-    inputs = _validation.prepare(logits, labels, axis=axis, where=where)
-    parts = _softmax.softmax_parts(inputs.logits, inputs.labels, inputs.where)
+    inputs = _validation.prepare(
+        logits, labels, axis=axis, where=where, class_axis_name=class_axis_name
+    )
+    parts = _softmax.softmax_parts(
+        inputs.logits, inputs.labels, inputs.where, classes=inputs.classes
+    )
     ce = jnp.log(parts.total) - parts.label
     rest = parts.rest / parts.total
     return (ce + epsilon * rest).astype(inputs.out_dtype)

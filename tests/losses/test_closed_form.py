@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 
 import chex
 import jax
@@ -508,3 +509,105 @@ def test_label_shape_mismatch_names_both_shapes(name):
 def test_bad_hyperparameters_raise_value_errors(call, message):
     with pytest.raises(ValueError, match=message):
         call(jnp.zeros((2, NUM_CLASSES)), jnp.zeros((2,), jnp.int32))
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside shard_map with the classes split (class_axis_name): masks and per-class vectors.
+
+_SHARD_MAP_CODE = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+import jaxloss
+
+batch, classes = 4, 8
+rng = np.random.default_rng(0)
+z = jnp.asarray(3 * rng.standard_normal((batch, classes)), jnp.float32)
+y = jnp.array([1, 6, 3, 5])  # one label in each of the 4 shards of a 1 x 4 mesh
+counts = jnp.asarray([50.0, 20.0, 9.0, 3.0, 1.0, 7.0, 400.0, 2.0])
+weights = counts / 10
+# Row 0 masks its label's class, row 2 every class but one, row 3 every class.
+class_mask = jnp.asarray(rng.random((batch, classes)) > 0.3).at[0, 1].set(False)
+class_mask = class_mask.at[2].set(jnp.arange(classes) == 4).at[3].set(False)
+example_mask = jnp.array([True, False, True, False])
+
+# name -> loss of (logits, labels, per-class vector, where, **options)
+CASES = {
+    "label_relaxation": lambda z, y, v, w, **o: jaxloss.label_relaxation_loss(
+        z, y, alpha=0.2, where=w, **o),
+    "confidence_penalty": lambda z, y, v, w, **o: jaxloss.confidence_penalty_loss(
+        z, y, beta=0.7, where=w, **o),
+    "softmax_focal": lambda z, y, v, w, **o: jaxloss.softmax_focal_loss(
+        z, y, gamma=1.5, where=w, **o),
+    "softmax_focal_weighted": lambda z, y, v, w, **o: jaxloss.softmax_focal_loss(
+        z, y, gamma=1.5, class_weights=v / 10, where=w, **o),
+    "balanced_softmax": lambda z, y, v, w, **o: jaxloss.balanced_softmax_loss(
+        z, y, class_counts=v, where=w, **o),
+    "logit_adjusted": lambda z, y, v, w, **o: jaxloss.logit_adjusted_loss(
+        z, y, class_counts=v, tau=0.5, where=w, **o),
+}
+
+results = {"logit_adjust": []}
+for d, m in ((2, 2), (1, 4)):
+    mesh = Mesh(np.array(jax.devices()).reshape(d, m), ("data", "model"))
+    for mask, where, spec in (("class", class_mask, P("data", "model")),
+                              ("example", example_mask, P("data"))):
+        for name, fn in CASES.items():
+            failed = results.setdefault(f"{name}/{mask}", [])
+            mean = lambda f: jax.value_and_grad(lambda z: jnp.mean(f(z)))
+            want = jax.jit(mean(lambda z: fn(z, y, counts, where)))(z)
+            split = jax.shard_map(
+                lambda z, y, v, w: fn(z, y, v, w, class_axis_name="model"), mesh=mesh,
+                in_specs=(P("data", "model"), P("data"), P("model"), spec),
+                out_specs=P("data"))
+            try:
+                got = jax.jit(mean(lambda z: split(z, y, counts, where)))(z)
+            except Exception as error:  # one broken loss must not hide the others' results
+                failed.append(f"{d}x{m}: {type(error).__name__}: {str(error)[:500]}")
+                continue
+            for part, g, w in zip(("value", "gradient"), got, want):
+                if not np.allclose(g, w, rtol=1e-5, atol=1e-7):
+                    failed.append(f"{d}x{m}: {part} off by {float(np.abs(g - w).max())}")
+    adjust = jax.shard_map(
+        lambda z, v: jaxloss.logit_adjust(z, class_counts=v, tau=0.5, class_axis_name="model"),
+        mesh=mesh, in_specs=(P("data", "model"), P("model")), out_specs=P("data", "model"))
+    if not np.allclose(jax.jit(adjust)(z, counts),
+                       jaxloss.logit_adjust(z, class_counts=counts, tau=0.5), rtol=1e-6):
+        results["logit_adjust"].append(f"{d}x{m}: values differ")
+
+# A per-class vector under shard_map is the device's block: the whole vector is an error.
+whole = jax.shard_map(
+    lambda z, y: jaxloss.balanced_softmax_loss(z, y, class_counts=counts, class_axis_name="model"),
+    mesh=mesh, in_specs=(P("data", "model"), P("data")), out_specs=P("data"))
+try:
+    whole(z, y)
+    results["whole_vector_error"] = "no error"
+except ValueError as error:
+    results["whole_vector_error"] = str(error)
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def shard_map_results():
+    out = testing.run_on_devices(_SHARD_MAP_CODE, num_devices=4)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("mask", ["class", "example"])
+@pytest.mark.parametrize("name", NAMES)
+def test_split_classes_under_shard_map_match_single_device_under_masks(
+    shard_map_results, name, mask
+):
+    # Each device holds 4 or 2 of the 8 classes (and its block of the counts or weights); the
+    # values and gradients of the batch mean equal the single-device ones on 2x2 and 1x4 meshes.
+    failed = shard_map_results[f"{name}/{mask}"]
+    assert failed == [], "\n".join(failed)
+
+
+def test_logit_adjust_under_shard_map_normalizes_over_every_shard(shard_map_results):
+    assert shard_map_results["logit_adjust"] == []
+
+
+def test_whole_class_vector_under_shard_map_names_the_local_shape(shard_map_results):
+    assert "class_counts must have shape (2,)" in shard_map_results["whole_vector_error"]
