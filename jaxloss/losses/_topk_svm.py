@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from jaxloss import _autodiff, _validation
 from jaxloss.losses._softmax import row_max
-from jaxloss.ops import _esf, _selection
+from jaxloss.ops import _esf
 
 # Entries that take no part in the ESF (the label, masked classes) sit this far below the smallest
 # competitor, in the ESF's units: exp(-200) vanishes next to the other terms in float32 and float64.
@@ -34,30 +34,46 @@ class _Rows(NamedTuple):
     k: int
 
 
-def _prepare(logits, labels, k, alpha, axis, where):
+def _prepare(logits, labels, k, alpha, axis, where, class_axis_name):
     k = _validation.check_integer("k", k, lower=1)
     _validation.check_in_range("alpha", alpha, lower=0.0)
-    inputs = _validation.prepare(logits, labels, axis=axis, where=where, min_classes=k + 1)
+    inputs = _validation.prepare(
+        logits,
+        labels,
+        axis=axis,
+        where=where,
+        min_classes=k + 1,
+        class_axis_name=class_axis_name,
+    )
     scores = inputs.logits
-    is_label = inputs.labels[..., None] == jnp.arange(inputs.num_classes)
+    is_label = inputs.classes.is_label(inputs.labels, scores.shape[-1])
     competes = ~is_label & (scores != -jnp.inf)
     if inputs.where is not None:
         competes &= inputs.where
-    label_score = jnp.sum(jnp.where(is_label, scores, 0.0), axis=-1)
+    label_score = _score_at(scores, inputs.labels, inputs.classes)
     return _Rows(inputs, scores, is_label, competes, label_score, k)
 
 
-def _score_at(scores, index):
-    """``scores[..., index]`` as a masked sum: differentiable, and it keeps classes sharded."""
-    at = index[..., None] == jnp.arange(scores.shape[-1])
-    return jnp.sum(jnp.where(at, scores, 0.0), axis=-1)
+def _score_at(scores, index, classes):
+    """``scores[..., index]`` (a global class index) as a masked sum: differentiable, and under
+    ``jax.jit`` the gradient of class-sharded scores stays sharded (a gather's is replicated)."""
+    at = classes.is_label(index, scores.shape[-1])
+    return classes.sum(jnp.where(at, scores, 0.0))
 
 
 def _kth_other(rows, scores):
     """k-th largest competitor score (differentiable), and the top k+1 competitor scores."""
+    classes = rows.inputs.classes
     others = jnp.where(rows.competes, jax.lax.stop_gradient(scores), -jnp.inf)
-    values, index = _selection.top_k(others, rows.k + 1)
-    return _score_at(scores, index[..., rows.k - 1]), values
+    values, index = classes.top_k(others, rows.k + 1)
+    return _score_at(scores, index[..., rows.k - 1], classes), values
+
+
+def _logsumexp(values, classes):
+    """``jax.nn.logsumexp`` over the classes of a row, whole or split."""
+    top = classes.max(values)
+    top = jnp.where(jnp.isfinite(top), top, 0.0)
+    return top + jnp.log(classes.sum(jnp.exp(values - top[..., None])))
 
 
 def _hard(kth, label_score, k, alpha):
@@ -71,7 +87,7 @@ def _finish(rows, loss, few):
     loss = jnp.where(few, 0.0, loss)
     # lax.top_k ranks NaN above every number, so a NaN competitor must be caught here. A NaN label
     # score propagates through the arithmetic by itself.
-    nan = jnp.any(jnp.isnan(rows.scores) & rows.competes, axis=-1)
+    nan = rows.inputs.classes.max(jnp.isnan(rows.scores) & rows.competes)
     return jnp.where(nan, jnp.nan, loss).astype(rows.inputs.out_dtype)
 
 
@@ -83,6 +99,7 @@ def topk_svm_loss(
     alpha: float = 1.0,
     axis: int = -1,
     where: jax.Array | None = None,
+    class_axis_name: str | None = None,
 ) -> jax.Array:
     r"""Hard top-k multiclass SVM loss, the :math:`\tau \to 0` limit of :func:`smooth_topk_svm_loss`.
 
@@ -106,6 +123,10 @@ def topk_svm_loss(
         example); False excludes a class from the competition. A ``-inf`` logit is excluded too.
         The label's logit counts even when its class is masked; a row with fewer than k other
         classes left has loss 0 and gradient 0.
+      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
+        (each device holding a contiguous block of every row's classes, and of any per-class
+        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
+        XLA splits class-sharded logits itself.
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype: NaN where a logit that takes
@@ -124,7 +145,7 @@ def topk_svm_loss(
       2015; Berrada, Zisserman & Kumar, `Smooth Loss Functions for Deep Top-k Classification
       <https://arxiv.org/abs/1802.07595>`_, ICLR 2018.
     """
-    rows = _prepare(logits, labels, k, alpha, axis, where)
+    rows = _prepare(logits, labels, k, alpha, axis, where, class_axis_name)
     # The hinge is a difference of two scores: no centring needed, and +inf keeps its limit.
     kth, top = _kth_other(rows, rows.scores)
     few = top[..., rows.k - 1] == -jnp.inf
@@ -142,6 +163,7 @@ def smooth_topk_svm_loss(
     hard_threshold: float | None = 1e3,
     axis: int = -1,
     where: jax.Array | None = None,
+    class_axis_name: str | None = None,
 ) -> jax.Array:
     r"""Smooth top-k SVM loss :math:`L_{k,\tau}` of Berrada et al. (2018).
 
@@ -182,6 +204,10 @@ def smooth_topk_svm_loss(
         example); False excludes a class from the competition. A ``-inf`` logit is excluded too.
         The label's logit counts even when its class is masked; a row with fewer than k other
         classes left has loss 0 and gradient 0.
+      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
+        (each device holding a contiguous block of every row's classes, and of any per-class
+        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
+        XLA splits class-sharded logits itself.
 
     ``alpha``, ``tau`` and ``hard_threshold`` may be traced arrays (``jax.jit`` arguments,
     ``jax.vmap`` over a population); ``k`` is static.
@@ -210,28 +236,31 @@ def smooth_topk_svm_loss(
     """
     _validation.check_in_range("tau", tau, lower=0.0, lower_open=True)
     _validation.check_in_range("hard_threshold", hard_threshold, lower=1.0)
-    rows = _prepare(logits, labels, k, alpha, axis, where)
+    rows = _prepare(logits, labels, k, alpha, axis, where, class_axis_name)
+    classes = rows.inputs.classes
     k = rows.k
     # The loss is shift invariant; centring on the finite competitors makes float32 independent
     # of the scores' offset.
     finite = rows.competes & (rows.scores < jnp.inf)
-    center = row_max(rows.scores, finite)
+    center = row_max(rows.scores, finite, classes=classes)
     scores = rows.scores - center
     label_score = rows.label_score - center[..., 0]
     if k == 1:
         # The label's own term is exactly 0, whatever its score.
         z = jnp.where(rows.competes, (scores - label_score[..., None] + alpha) / tau, -jnp.inf)
-        smooth = tau * jax.nn.logsumexp(jnp.where(rows.is_label, 0.0, z), axis=-1)
+        smooth = tau * _logsumexp(jnp.where(rows.is_label, 0.0, z), classes)
     else:
         x = scores / (k * tau)
-        lowest = jnp.min(x, axis=-1, keepdims=True, where=finite, initial=jnp.inf)
-        floor = jax.lax.stop_gradient(jnp.where(lowest == jnp.inf, 0.0, lowest)) - _FAR_BELOW
-        log_sigma, top_x, top_index = _esf.log_esf_and_top_k(jnp.where(rows.competes, x, floor), k)
+        lowest = classes.min(jnp.where(finite, x, jnp.inf))[..., None]
+        floor = jnp.where(lowest == jnp.inf, 0.0, lowest) - _FAR_BELOW
+        log_sigma, top_x, top_index = _esf.log_esf_and_top_k(
+            jnp.where(rows.competes, x, floor), k, class_axis_name=classes.name
+        )
         log_ratio = (
             alpha / tau + log_sigma[..., k] - log_sigma[..., k - 1] - label_score / (k * tau)
         )
         smooth = tau * jax.nn.softplus(log_ratio)
-    count = jnp.sum(rows.competes, axis=-1)
+    count = classes.sum(rows.competes)
     few = count < k
     if hard_threshold is None:
         return _finish(rows, smooth, few)
@@ -242,7 +271,7 @@ def smooth_topk_svm_loss(
     else:
         # log_esf's own selection: the competitors rank above the floor, so the first `count`
         # entries are theirs and the others are missing (-inf).
-        kth = _score_at(scores, top_index[..., k - 1])
+        kth = _score_at(scores, top_index[..., k - 1], classes)
         top = jnp.where(jnp.arange(k + 1) < count[..., None], top_x, -jnp.inf)
     # k-th and (k+1)-th of the full row: the label score inserted into the others' sorted top k+1.
     y = jax.lax.stop_gradient(label_score) / (k * tau)

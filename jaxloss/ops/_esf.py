@@ -26,7 +26,6 @@ import numpy as np
 from jax import lax
 
 from jaxloss import _autodiff, _validation
-from jaxloss.ops import _selection
 
 __all__ = ["log_esf", "log_esf_and_top_k"]
 
@@ -35,7 +34,9 @@ _HEADROOM = 1e-3
 
 
 @_autodiff.reverse_mode_only
-def log_esf(x: jax.Array, k: int, *, axis: int = -1) -> jax.Array:
+def log_esf(
+    x: jax.Array, k: int, *, axis: int = -1, class_axis_name: str | None = None
+) -> jax.Array:
     r"""Log elementary symmetric polynomials :math:`\log\sigma_0, \dots, \log\sigma_k` of ``exp(x)``.
 
     .. math::
@@ -53,12 +54,18 @@ def log_esf(x: jax.Array, k: int, *, axis: int = -1) -> jax.Array:
     scale or offset: the error depends on the gaps between entries, not on their size.
     Under ``jax.jit`` with the n terms split across devices (class-sharded logits), each device
     selects its own top candidates and multiplies its own neighbouring terms: only k + 1 candidates
-    and the last tree levels' k coefficients per device and row cross devices.
+    and the last tree levels' k coefficients per device and row cross devices. Inside
+    ``jax.shard_map`` with ``class_axis_name``, the same happens explicitly: each device reduces
+    its own block to k coefficients, and the devices' coefficients are multiplied by the same
+    tree.
 
     Args:
       x: float array with the n terms along ``axis``; finite values.
       k: highest degree, an int in ``[1, n]``.
       axis: the axis holding the n terms.
+      class_axis_name: inside ``jax.shard_map``, the mesh axis that ``axis`` is split over (each
+        device holding a contiguous block of the n terms), or None (the default) for whole rows.
+        Under plain ``jax.jit`` leave it None: XLA splits sharded terms itself.
 
     Returns:
       Array of shape ``x.shape`` without ``axis`` plus a trailing axis of size ``k + 1``: entry j is
@@ -82,11 +89,11 @@ def log_esf(x: jax.Array, k: int, *, axis: int = -1) -> jax.Array:
       Berrada, Zisserman & Kumar, `Smooth Loss Functions for Deep Top-k Classification
       <https://arxiv.org/abs/1802.07595>`_, ICLR 2018 (log-space ESF, Sec. 4).
     """
-    return log_esf_and_top_k(x, k, axis=axis)[0]
+    return log_esf_and_top_k(x, k, axis=axis, class_axis_name=class_axis_name)[0]
 
 
 def log_esf_and_top_k(
-    x: jax.Array, k: int, *, axis: int = -1
+    x: jax.Array, k: int, *, axis: int = -1, class_axis_name: str | None = None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """:func:`log_esf`, and the min(k + 1, n) largest entries that it selected with their indices.
 
@@ -95,13 +102,13 @@ def log_esf_and_top_k(
 
     Returns:
       ``(log_sigma, values, indices)``: :func:`log_esf`'s output, and the largest entries along
-      ``axis`` (descending) and their indices, both of shape ``x.shape`` without ``axis`` plus a
-      trailing axis of size min(k + 1, n).
+      ``axis`` (descending) and their indices (global ones under ``class_axis_name``), both of
+      shape ``x.shape`` without ``axis`` plus a trailing axis of size min(k + 1, n).
     """
     k = _validation.check_integer("k", k, lower=1)
-    inputs = _validation.prepare(x, axis=axis, min_classes=k)
+    inputs = _validation.prepare(x, axis=axis, min_classes=k, class_axis_name=class_axis_name)
     values = inputs.logits
-    n = values.shape[-1]
+    n = inputs.num_classes
     limit = _HEADROOM * float(jnp.finfo(values.dtype).max) / 2.0**k
     if n > k and math.comb(n, k) > limit:
         raise ValueError(
@@ -110,8 +117,8 @@ def log_esf_and_top_k(
             "smaller k or float64."
         )
     batch_shape = values.shape[:-1]
-    flat = values.reshape(-1, n)
-    out, top, top_index = _log_esf_rows(k, flat)
+    flat = values.reshape(-1, values.shape[-1])
+    out, top, top_index = _log_esf_rows(k, inputs.classes, flat)
     top, top_index = (a.reshape(*batch_shape, -1) for a in (top, top_index))
     return out.reshape(*batch_shape, k + 1).astype(inputs.out_dtype), top, top_index
 
@@ -165,18 +172,22 @@ def _poly_mul(p, q, degree):
     return lax.optimization_barrier(jnp.stack(out))
 
 
-def _product_tree(y, degree):
-    """Bottom-up tree of pairwise products of the polynomials 1 + y_i T over the last axis of (M, n).
+def _product_tree(level, degree):
+    """Bottom-up tree of pairwise products of the polynomials of a level, over its last axis.
 
-    Each node multiplies two neighbours: O(log n) levels, O(n k) work in all, and a level split in
-    contiguous blocks (class-sharded logits) stays split the same way until its width is the number
-    of blocks, so XLA's partitioner only moves the last few levels' nodes between devices.
+    The leaves are polynomials with constant term 1, their coefficients 1..d stacked on the
+    leading axis of ``level``, (d, M, width): the terms y as ``y[None]`` (1 + y_i T), or the
+    devices' roots of their own trees. Each node multiplies two neighbours: O(log n) levels,
+    O(n k) work in all, and a level split in contiguous blocks (class-sharded logits) stays split
+    the same way until its width is the number of blocks, so XLA's partitioner only moves the
+    last few levels' nodes between devices.
 
     Returns:
-      ``(root, levels)``: the ESF 1..degree of y, shape (degree, M), and every level below the
+      ``(root, levels)``: the product truncated to ``degree`` (the ESF 1..degree of y), shape
+      (degree, M) (fewer coefficients if the leaves have fewer in all), and every level below the
       root as the neighbours that were multiplied, (d, M, width, 2).
     """
-    level, levels = y[None], []
+    levels = []
     while level.shape[-1] > 1:
         if level.shape[-1] % 2:  # one more node, the polynomial 1
             level = jnp.pad(level, ((0, 0), (0, 0), (0, 1)))
@@ -202,39 +213,53 @@ def _poly_mul_transpose(u, s, degree):
     return lax.optimization_barrier(jnp.stack(out))  # as in _poly_mul
 
 
-def _rest_esf_vjp(levels, n, weights):
-    r"""The derivative of :math:`\sum_m w_m e_m(y)` (m = 1..K) by each entry of y: (M, n).
+def _tree_vjp(levels, cotangent):
+    r"""The cotangents of a product tree's leaves from those of its root.
 
-    It is :math:`\sum_m w_m e_{m-1}(y_{\setminus i})`. Walked down y's product tree (its
-    ``levels``): a node's cotangents times its sibling are its child's, and a subtree of s leaves
-    needs only s of them, so the widest levels cost one multiply-add per entry.
+    Walked down the tree's ``levels``: a node's cotangents times its sibling are its child's, and
+    a leaf (or subtree) with d coefficients needs only d of them, so on leaves 1 + y_i T the widest
+    levels cost one multiply-add per entry. For cotangents w_m of the root's coefficients, the
+    leaf 1 + y_i T gets :math:`\sum_m w_m e_{m-1}(y_{\setminus i})`, the derivative of
+    :math:`\sum_m w_m e_m(y)` by y_i.
+
+    Args:
+      levels: the tree's levels, as :func:`_product_tree` returns them.
+      cotangent: the root's, (d, M, 1).
+
+    Returns:
+      The leaves', (d_leaf, M, width), width including any padding leaf.
     """
-    degree = len(weights)
-    cotangent = weights[..., None]
-    for level, pairs in reversed(list(enumerate(levels))):
+    for pairs in reversed(levels):
         # The level above may carry one padding node that has no children here; both children
         # start from their parent's cotangents.
         cotangent = jnp.repeat(cotangent[..., : pairs.shape[-2], None], 2, axis=-1)
-        cotangent = _poly_mul_transpose(cotangent, pairs[..., ::-1], min(degree, 2**level))
+        cotangent = _poly_mul_transpose(cotangent, pairs[..., ::-1], pairs.shape[0])
         cotangent = cotangent.reshape(*cotangent.shape[:-2], -1)
-    return cotangent[0, :, :n]
+    return cotangent
 
 
-def _split(x, values, index, K):
+def _split(x, values, index, K, classes):
     """Top-K entries (descending) with their indices, the rest's largest entry, the rest rescaled
-    by it (y) with its product tree, and its ESF."""
+    by it (y) with its product trees, and its ESF.
+
+    The rest's ESF is the product of the devices' own (one device for whole rows): each device's
+    tree reduces its block of y to a root of K coefficients, and a second tree multiplies the
+    gathered roots (K x devices per row). Returns both trees' levels, the device's own first.
+    """
     n = x.shape[-1]
     t, top_index = values[..., :K], index[..., :K]
-    if n > K:
+    if classes.global_size(n) > K:
         xw = values[..., K]
-        classes = jnp.arange(n)
-        in_top = top_index[..., :1] == classes
+        positions = classes.indices(n)
+        in_top = top_index[..., :1] == positions
         for a in range(1, K):  # a chain of compares, not a (..., K, n) array
-            in_top |= top_index[..., a : a + 1] == classes
+            in_top |= top_index[..., a : a + 1] == positions
         # min(., 0) keeps the discarded top entries from overflowing exp.
         y = jnp.where(in_top, 0.0, jnp.exp(jnp.minimum(x - xw[..., None], 0.0)))
-        rest, levels = _product_tree(y, K)
+        rest, levels = _product_tree(y[None], K)
+        rest, device_levels = _product_tree(classes.whole(rest[..., None]), K)
         e = [jnp.ones_like(xw), *rest]
+        levels = (levels, device_levels)
     else:
         xw, y, levels = t[..., -1], None, None
         e = [jnp.ones_like(xw)] + [jnp.zeros_like(xw)] * K
@@ -249,27 +274,35 @@ def _assemble(t, rho):
     return jnp.stack(logs, axis=-1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _log_esf_rows(K, x):
+def _selected(K, classes, x):
+    """The top min(K + 1, n) entries of the rows of x and their (global) indices."""
+    return classes.top_k(x, min(K + 1, classes.global_size(x.shape[-1])))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _log_esf_rows(K, classes, x):
     """log_esf of the rows of x, and the top min(K + 1, n) entries and indices it selected."""
-    top, index = _selection.top_k(x, min(K + 1, x.shape[-1]))
-    t, _, xw, _, _, e = _split(x, top, index, K)
+    top, index = _selected(K, classes, x)
+    t, _, xw, _, _, e = _split(x, top, index, K, classes)
     _, rho, _ = _ratios(t, xw, e)
     return _assemble(t, rho), top, index
 
 
-def _log_esf_fwd(K, x):
-    top, index = _selection.top_k(x, min(K + 1, x.shape[-1]))
-    t, _, xw, y, levels, e = _split(x, top, index, K)
+def _log_esf_fwd(K, classes, x):
+    top, index = _selected(K, classes, x)
+    t, _, xw, y, levels, e = _split(x, top, index, K, classes)
     r, rho, gap_sums = _ratios(t, xw, e)
     return (_assemble(t, rho), top, index), (t, index, xw, y, levels, e, r, rho, gap_sums)
 
 
-def _log_esf_bwd(K, residuals, cotangents):
+def _log_esf_bwd(K, classes, residuals, cotangents):
     cotangent, top_cotangent, _ = cotangents
     t, index, xw, y, levels, e, r, rho, gap_sums = residuals
+    # Without a rest, the n = K terms are the top set.
+    n = y.shape[-1] if y is not None else K // classes.shards
+    # This device's positions of the selected entries; those of other devices fall outside.
+    index = index - classes.indices(n)[0]
     top_index = index[..., :K]
-    n = y.shape[-1] if y is not None else K
     g = [cotangent[..., j] for j in range(K + 1)]
 
     # Top entry i: sigma_{j-1} without i is the forward recursion on T \ {i} plus the same rest, and
@@ -288,11 +321,10 @@ def _log_esf_bwd(K, residuals, cotangents):
         # top_index holds K distinct positions per row, where the rest's part is 0. A scatter
         # computes grad_top once; a select per class would redo its arithmetic for every class.
         rows = jnp.arange(grad.shape[0])[:, None]
-        grad = grad.at[rows, top_index].set(grad_top, unique_indices=True, mode="promise_in_bounds")
+        at = dict(unique_indices=True, mode="drop", wrap_negative_indices=False)
+        grad = grad.at[rows, top_index].set(grad_top, **at)
         # The selected entries themselves are x's entries at their indices.
-        return grad.at[rows, index].add(
-            top_cotangent, unique_indices=True, mode="promise_in_bounds"
-        )
+        return grad.at[rows, index].add(top_cotangent, **at)
 
     if y is None:
         return (with_top(jnp.zeros(t.shape[:-1] + (n,), t.dtype)),)
@@ -300,7 +332,8 @@ def _log_esf_bwd(K, residuals, cotangents):
     # Rest entry i: d log sigma_j / d x_i = y_i sum_a c[a, j] e_{j-1-a}(R \ i), c[a, j] =
     # r_a exp(gap_sums[j][a]) / rho_j <= C(k, a); fold the cotangent in first: weights D_m. Then
     # sum_m D_m e_m(R \ i) is the derivative of sum_m D_m e_{m+1}(R) by y_i: one reverse pass
-    # through the product tree.
+    # through the product trees: the devices' tree first, whose leaf classes.indices(1) (one leaf
+    # per device, in device order) is this device's root, then this device's own.
     weights = [
         sum(
             g[j] * r[j - 1 - m] * jnp.exp(gap_sums[j][j - 1 - m]) / rho[j]
@@ -308,7 +341,10 @@ def _log_esf_bwd(K, residuals, cotangents):
         )
         for m in range(K)
     ]
-    return (with_top(y * _rest_esf_vjp(levels, n, jnp.stack(weights))),)
+    levels, device_levels = levels
+    root = _tree_vjp(device_levels, jnp.stack(weights)[..., None])
+    root = jnp.take(root, classes.indices(1), axis=-1)
+    return (with_top(y * _tree_vjp(levels, root)[0, :, :n]),)
 
 
 _log_esf_rows.defvjp(_log_esf_fwd, _log_esf_bwd)

@@ -2,6 +2,7 @@
 
 import functools
 import itertools
+import json
 
 import chex
 import jax
@@ -314,3 +315,80 @@ def test_forward_mode_and_second_derivatives():
     testing.check_grads_f64(hard, (logits,), order=2, modes=("fwd", "rev"))
     hessian = jax.hessian(lambda x: jnp.sum(hard(x)))(jnp.asarray(logits, jnp.float32))
     np.testing.assert_array_equal(hessian, 0.0)
+
+
+# Inside shard_map with the classes split over 4 devices (class_axis_name): the single-device
+# values and gradients with k = 3, with and without the hard switch, with a class mask (rows short
+# of competitors, a masked label, a -inf logit), for k = 1 and the hard loss, and in bfloat16.
+_SHARDED_CODE = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+import jaxloss
+
+mesh = Mesh(np.array(jax.devices()).reshape(1, 4), ("data", "model"))
+rng = np.random.default_rng(0)
+batch, classes = 6, 16
+z = 2 * rng.standard_normal((batch, classes))
+z[0, [13, 2, 7]] = [40.0, 39.0, 38.0]  # far above the rest: the default switch takes row 0
+z[5, 9] = -np.inf
+z = jnp.asarray(z, jnp.float32)
+y = jnp.asarray([1, 4, 10, 0, 6, 15])
+keep = rng.random((batch, classes)) > 0.3
+keep[1, 4] = False  # the label's own class: its score still counts
+keep[2] = np.isin(np.arange(classes), [0, 6, 12])  # exactly k = 3 competitors, on 3 devices
+keep[3] = np.isin(np.arange(classes), [5, 11])  # fewer than k: loss 0
+keep[4] = False  # nothing left
+keep[5] = True
+keep = jnp.asarray(keep)
+
+smooth, hard = jaxloss.smooth_topk_svm_loss, jaxloss.topk_svm_loss
+CASES = {
+    "smooth": lambda z, y, w, **o: smooth(z, y, k=3, tau=0.5, hard_threshold=None, **o),
+    "smooth_switch": lambda z, y, w, **o: smooth(z, y, k=3, **o),
+    "smooth_where": lambda z, y, w, **o: smooth(
+        z, y, k=3, tau=0.5, hard_threshold=None, where=w, **o),
+    "smooth_k1_where": lambda z, y, w, **o: smooth(z, y, k=1, where=w, **o),
+    "hard_where": lambda z, y, w, **o: hard(z, y, k=3, where=w, **o),
+    "smooth_bfloat16": lambda z, y, w, **o: smooth(z.astype(jnp.bfloat16), y, k=3, **o),
+}
+results = {}
+for name, loss in CASES.items():
+    split = jax.shard_map(
+        lambda z, y, w: loss(z, y, w, class_axis_name="model"), mesh=mesh,
+        in_specs=(P("data", "model"), P("data"), P("data", "model")), out_specs=P("data"))
+    mean = lambda fn: jax.jit(jax.value_and_grad(lambda z, y, w: jnp.mean(fn(z, y, w))))
+    want, got = mean(loss)(z, y, keep), mean(split)(z, y, keep)
+    rtol = 1e-2 if "bfloat16" in name else 1e-5
+    results[name] = [
+        f"{what}: off by {float(np.abs(a - b).max())}"
+        for what, a, b in zip(("value", "gradient"), got, want)
+        if not np.allclose(a, b, rtol=rtol, atol=1e-7)
+    ]
+# The switch case takes the hard loss on row 0 and the smooth one elsewhere.
+switched = CASES["smooth_switch"](z, y, keep)
+if not (switched[0] == hard(z, y, k=3)[0] and switched[1] != hard(z, y, k=3)[1]):
+    results["smooth_switch"].append("the switch does not split the rows as intended")
+print(json.dumps(results))
+"""
+
+SHARDED_CASES = (
+    "smooth",
+    "smooth_switch",
+    "smooth_where",
+    "smooth_k1_where",
+    "hard_where",
+    "smooth_bfloat16",
+)
+
+
+@pytest.fixture(scope="module")
+def sharded_failures() -> dict[str, list[str]]:
+    out = testing.run_on_devices(_SHARDED_CODE, num_devices=4)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", SHARDED_CASES)
+def test_classes_split_over_shard_map_devices_match_single_device(sharded_failures, case):
+    found = sharded_failures[case]
+    assert found == [], "\n".join(found)

@@ -2,6 +2,7 @@
 
 import functools
 import itertools
+import json
 
 import chex
 import jax
@@ -207,6 +208,8 @@ def test_bad_inputs():
         log_esf(jnp.zeros((2, 4), jnp.int32), 2)
     with pytest.raises(ValueError, match="too large"):
         log_esf(jnp.zeros((1, 1000)), 40)
+    with pytest.raises(ValueError, match="not an axis of an enclosing shard_map"):
+        log_esf(x, 2, class_axis_name="model")
 
 
 def test_reverse_mode_only_with_second_derivatives():
@@ -220,3 +223,51 @@ def test_reverse_mode_only_with_second_derivatives():
         jax.jacfwd(fn)(jnp.asarray(x, jnp.float32))
     # The VJP is built from differentiable operations: reverse over reverse is exact.
     testing.check_grads_f64(fn, (x,), order=2, modes=("rev",), eps=1e-5)
+
+
+# Inside shard_map, with the terms split over the devices of a mesh axis: the whole row's values,
+# gradients and second derivatives.
+_SHARDED_CODE = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+from jaxloss.ops import log_esf
+
+rng = np.random.default_rng(0)
+# name -> (devices the terms are split over, n, k, highest derivative): blocks narrower than k
+# (a device's tree root has fewer than k coefficients) on an odd number of devices (the devices'
+# tree pads), and n = k (no rest: every term is in the top set).
+CASES = {"narrow": (3, 6, 3, 2), "no_rest": (4, 4, 4, 1)}
+results = {}
+for name, (devices, n, k, highest) in CASES.items():
+    mesh = Mesh(np.array(jax.devices()[:devices]), ("model",))
+    # Ties within and across devices (+ 0.0: no -0.0, which ties with 0.0 in value only).
+    x = jnp.asarray(np.round(4 * rng.standard_normal((3, n))) + 0.0, jnp.float32)
+    weights = jnp.asarray(rng.standard_normal(k + 1), jnp.float32)
+    whole = lambda x: log_esf(x, k)
+    split = jax.shard_map(
+        lambda x: log_esf(x, k, class_axis_name="model"), mesh=mesh,
+        in_specs=P(None, "model"), out_specs=P())
+    grad = lambda f: jax.grad(lambda v: jnp.sum(f(v) * weights))
+    # Second derivatives: reverse over log_esf's custom VJP, through the devices' exchange.
+    second = lambda f: jax.grad(lambda v: jnp.sum(jnp.sin(grad(f)(v))))
+    problems = []
+    for order, derivative in enumerate((lambda f: f, grad, second)[: highest + 1]):
+        want, got = jax.jit(derivative(whole))(x), jax.jit(derivative(split))(x)
+        if not np.allclose(got, want, rtol=1e-5, atol=1e-6):
+            problems.append(f"derivative {order}: off by {float(np.abs(got - want).max())}")
+    results[name] = problems
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def sharded_failures() -> dict[str, list[str]]:
+    out = testing.run_on_devices(_SHARDED_CODE, num_devices=4)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", ["narrow", "no_rest"])
+def test_terms_split_over_shard_map_devices_match_whole_rows(sharded_failures, case):
+    found = sharded_failures[case]
+    assert found == [], "\n".join(found)
