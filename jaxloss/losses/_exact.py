@@ -18,22 +18,24 @@ __all__ = ["exact_loss"]
 _NORMALIZE_EPS = 1e-12
 
 
-def _normalize(z, counted, axis_name):
+def _normalize(z, counted, axis_name, classes):
     """(z - mean) / std with the mean and unbiased std of the ``counted`` elements (all examples).
 
     Uncounted finite elements (masked classes) are standardized with the same statistics;
     non-finite ones come back as 0 and must be restored by the caller.
     """
+
+    def total(x):
+        # Over the local examples, then the classes (all their shards), then the mapped axis.
+        x = classes.sum(jnp.sum(x, axis=tuple(range(x.ndim - 1))))
+        return x if axis_name is None else lax.psum(x, axis_name)
+
     safe = jnp.where(jnp.isfinite(z), z, 0.0)
     weights = counted.astype(z.dtype)
-    count, total = jnp.sum(weights), jnp.sum(weights * safe)
-    if axis_name is not None:
-        count, total = lax.psum((count, total), axis_name)
+    count, sum_ = total(weights), total(weights * safe)
     # An all-masked batch has no statistics; max(count, 1) keeps it (and its zero gradient) finite.
-    centered = safe - total / jnp.maximum(count, 1.0)
-    squares = jnp.sum(weights * centered * centered)
-    if axis_name is not None:
-        squares = lax.psum(squares, axis_name)
+    centered = safe - sum_ / jnp.maximum(count, 1.0)
+    squares = total(weights * centered * centered)
     variance = squares / jnp.maximum(count - 1.0, 1.0)
     return centered * lax.rsqrt(variance + _NORMALIZE_EPS)
 
@@ -54,6 +56,7 @@ def exact_loss(
     where: Any = None,
     axis_name: str | None = None,
     method: str = "genz",
+    class_axis_name: str | None = None,
 ) -> jax.Array:
     r"""EXACT loss: one minus the accuracy of the logits under Gaussian noise of std ``temperature``.
 
@@ -75,7 +78,8 @@ def exact_loss(
        finite: they give :math:`1 - 1/C` and a large but finite gradient. This couples the
        examples: under ``jit`` the statistics are those of the global (possibly sharded) batch;
        inside ``shard_map``/``pmap`` they are per device unless ``axis_name`` names the mapped
-       axis, which makes them global (the reference uses per-device statistics);
+       axis, which makes them global (the reference uses per-device statistics); with
+       ``class_axis_name`` they always cover every class of the split rows;
     2. the differences :math:`z_y - z_k` are clipped from above at ``margin`` (in normalized units;
        the gradient still passes at equality) and divided by the temperature, which may be a
        traced, differentiable scalar.
@@ -109,6 +113,13 @@ def exact_loss(
     for many classes. The gradient is a custom VJP: use reverse mode;
     forward mode (``jax.jvp``, ``jax.jacfwd``) raises a TypeError.
 
+    **Classes split over devices** (``class_axis_name``, inside ``shard_map``): the values and
+    gradients are the single-device ones for the same rows and draws. The quadrature and the
+    statistics combine per-example sums; truncation selects the strongest competitors from each
+    shard's ``truncate_classes`` candidates, then runs on them on every device. Genz's estimator
+    without truncation is sequential over all the sorted competitors: it gathers the whole rows
+    onto every device (use ``truncate_classes`` with many classes).
+
     Args:
       logits: float array of shape ``(..., C)`` (classes along ``axis``), ``C >= 2``.
       labels: integer array of shape ``(...)``.
@@ -117,9 +128,11 @@ def exact_loss(
         ``jax.random.fold_in(key, jax.lax.axis_index(axis_name))`` (for several names, the
         row-major index over them in the given order), so the shards' estimates are independent
         and a shard's loss is that of a single-device call with this folded key on its examples.
-        Without ``axis_name`` every shard of a ``shard_map``/``pmap`` draws the same noise.
+        Without ``axis_name`` every shard of a ``shard_map``/``pmap`` draws the same noise. The
+        key is not folded over ``class_axis_name``: the class shards of a row share its draw.
       uniforms: optional uniforms in [0, 1) of shape ``(k, N, ...)`` that replace the draw (and
-        the key), with ``k = C - 1`` (or ``min(truncate_classes, C - 1)``) and the labels' shape
+        the key), with ``k = C - 1`` (or ``min(truncate_classes, C - 1)``; C counts the classes
+        of whole rows) and the labels' shape
         last, so that they shard with the batch; row i drives the i-th strongest competitor (see
         :func:`jaxloss.ops.gaussian_orthant_probability`).
       temperature: noise std :math:`T > 0` (scalar; float or traced array, at least the smallest
@@ -140,8 +153,14 @@ def exact_loss(
         statistics.
       axis_name: mapped axis name(s) over which the normalization statistics are summed
         (``shard_map``/``pmap``), and whose index is folded into ``key``; None uses the local
-        batch and the key as given.
+        batch and the key as given. These are the axes the examples are split over (data
+        parallelism); the axis the classes are split over is ``class_axis_name``, never named
+        here.
       method: ``"genz"`` (the reference's estimator) or ``"quadrature"`` (deterministic).
+      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
+        (each device holding a contiguous block of every row's classes, and of any per-class
+        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
+        XLA splits class-sharded logits itself.
 
     Returns:
       The per-example loss in [0, 1], shape ``labels.shape``, in the logits' dtype.
@@ -164,9 +183,18 @@ def exact_loss(
       Karpukhin, Dereka and Kolesnikov, "EXACT: How to Train Your Accuracy", Pattern Recognition
       Letters, 2024. https://arxiv.org/abs/2205.09615
     """
-    prepared = _validation.prepare(logits, labels, axis=axis, where=where, min_classes=2)
-    z, labels, where = prepared.logits, prepared.labels, prepared.where
+    prepared = _validation.prepare(
+        logits, labels, axis=axis, where=where, min_classes=2, class_axis_name=class_axis_name
+    )
+    z, labels, where, classes = prepared.logits, prepared.labels, prepared.where, prepared.classes
     num_classes = prepared.num_classes
+    if class_axis_name is not None and class_axis_name in (
+        (axis_name,) if isinstance(axis_name, str) else tuple(axis_name or ())
+    ):
+        raise ValueError(
+            f"axis_name={axis_name!r} names the class axis {class_axis_name!r}: axis_name is the "
+            "mapped batch axis (statistics and draws), class_axis_name alone names the class split."
+        )
     if margin is not None and temperature is None:
         raise ValueError(
             f"margin={margin} requires a temperature: the margin is in normalized-logit units, "
@@ -174,7 +202,7 @@ def exact_loss(
         )
     _validation.check_in_range("temperature", temperature, lower=float(jnp.finfo(z.dtype).tiny))
     _validation.check_in_range("margin", margin)
-    check_key(
+    k = check_key(
         key,
         dim=num_classes - 1,
         truncate_classes=truncate_classes,
@@ -184,37 +212,27 @@ def exact_loss(
     if key is not None and axis_name is not None:
         key = jax.random.fold_in(key, lax.axis_index(axis_name))
 
-    # -inf is a masked class; NaN and +inf are not, and must reach the result.
+    # -inf is a masked class; NaN and +inf are not, and must reach the result. The label is an
+    # excluded competitor (mu = +inf drops out), so that the row keeps its classes (and split
+    # rows their split).
     counted = jnp.isfinite(z)
-    competes = z != -jnp.inf
+    competes = (z != -jnp.inf) & ~classes.is_label(labels, z.shape[-1])
     if where is not None:
         counted &= where
         competes &= where
-    # The quadrature is a sum over classes: it takes the whole row, the label as an excluded
-    # class (mu = +inf drops out), so that class-sharded logits stay sharded. Genz's estimator
-    # and truncation sort the competitors: the C - 1 columns other than the label's, in
-    # increasing class order (the uniforms' rows follow it).
-    whole_row = method == "quadrature" and truncate_classes is None
-    if whole_row:
-        competes &= jnp.arange(num_classes) != labels[..., None]
-    else:
-        others = jnp.arange(num_classes - 1)
-        others = others + (others >= labels[..., None])
-        competes = jnp.take_along_axis(competes, others, axis=-1)
     if normalize_logits is None:
         normalize_logits = temperature is not None
     if normalize_logits:
         nan = jnp.isnan(z)
-        poisoned = jnp.isnan(prepared.classes.label_value(z, labels))[..., None] | jnp.any(
-            nan if where is None else nan & where, axis=-1, keepdims=True
+        poisoned = jnp.isnan(classes.label_value(z, labels)) | classes.max(
+            nan if where is None else nan & where
         )
         # Non-finite entries keep their value; a NaN row bypasses the statistics, so its NaN
         # gradient does not reach the other rows through them.
-        normalized = _normalize(z, counted, axis_name)
-        z = jnp.where(jnp.isfinite(z) & ~poisoned, normalized, z)
+        normalized = _normalize(z, counted, axis_name, classes)
+        z = jnp.where(jnp.isfinite(z) & ~poisoned[..., None], normalized, z)
 
-    competitors = z if whole_row else jnp.take_along_axis(z, others, axis=-1)
-    mu = prepared.classes.label_value(z, labels)[..., None] - competitors
+    mu = classes.label_value(z, labels)[..., None] - z
     if margin is not None:
         # An upper clip whose gradient still passes at equality, like torch.clip.
         mu = jnp.where(mu > margin, jnp.asarray(margin, mu.dtype), mu)
@@ -227,12 +245,23 @@ def exact_loss(
         mu = jnp.where(finite, jnp.where(finite, mu, 0.0) * inverse, mu)
     # An excluded competitor is one the label always beats.
     mu = jnp.where(competes, mu, jnp.inf)
+    truncated = k < num_classes - 1
+    whole_rows = method == "genz" and not truncated
+    if whole_rows:
+        # Genz's estimator runs over every competitor: the C - 1 columns of the whole row other
+        # than the label's, in increasing class order (the uniforms' rows follow it).
+        others = jnp.arange(num_classes - 1)
+        others = others + (others >= labels[..., None])
+        mu = jnp.take_along_axis(classes.whole(mu), others, axis=-1)
     probability = gaussian_orthant_probability(
         mu,
         key=key,
         sample_size=sample_size,
         uniforms=uniforms,
-        truncate_classes=truncate_classes,
+        # The label's +inf sorts last: the k < C - 1 smallest entries are competitors (or ties
+        # at +inf, which drop out alike).
+        truncate_classes=k if truncated else None,
         method=method,
+        class_axis_name=None if whole_rows else class_axis_name,
     )
     return (1.0 - probability).astype(prepared.out_dtype)

@@ -12,8 +12,8 @@ import numpy as np
 from jax import lax
 from jax.scipy import special
 
-from jaxloss import _autodiff, _validation
-from jaxloss.ops import _selection, _special
+from jaxloss import _autodiff, _classes, _validation
+from jaxloss.ops import _special
 
 __all__ = ["gaussian_orthant_probability"]
 
@@ -153,34 +153,44 @@ def _log_normal_pdf(x):
     return -0.5 * x * x - 0.5 * math.log(2.0 * math.pi)
 
 
-def _quadrature_estimate(mu: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """P and dP/dmu from P = int phi(t) prod_k Phi(mu_k + t) dt, by Gauss-Hermite quadrature."""
+def _quadrature_estimate(mu: jax.Array, entries: _classes.ClassAxis) -> tuple[jax.Array, jax.Array]:
+    """P and dP/dmu from P = int phi(t) prod_k Phi(mu_k + t) dt, by Gauss-Hermite quadrature.
+
+    ``entries``: the entries' axis, whole or split (then only the per-node sums of the log-CDFs
+    cross devices, and each device gets its own entries' gradient).
+    """
     nodes, log_weights = _hermite_rule(_QUADRATURE_NODES)
     x = mu[:, None, :] + jnp.asarray(nodes, mu.dtype)[:, None]
     log_cdf = special.log_ndtr(x)
     # log of w_q * prod_k Phi(mu_k + t_q), per row and node.
-    log_terms = jnp.asarray(log_weights, mu.dtype) + jnp.sum(log_cdf, axis=-1)
+    log_terms = jnp.asarray(log_weights, mu.dtype) + entries.sum(log_cdf)
     probability = jnp.sum(jnp.exp(log_terms), axis=-1)
     # dP/dmu_j replaces Phi(mu_j + t) by phi(mu_j + t): multiply by the inverse Mills ratio.
     gradient = jnp.einsum("bq,bqk->bk", jnp.exp(log_terms), jnp.exp(_log_normal_pdf(x) - log_cdf))
     return probability, gradient
 
 
-@jax.custom_vjp
-def _quadrature(mu: jax.Array) -> jax.Array:
-    return _quadrature_estimate(mu)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _quadrature(mu: jax.Array, entries: _classes.ClassAxis) -> jax.Array:
+    return _quadrature_estimate(mu, entries)[0]
 
 
-def _quadrature_fwd(mu):
-    probability, gradient = _quadrature_estimate(mu)
+def _quadrature_fwd(mu, entries):
+    probability, gradient = _quadrature_estimate(mu, entries)
     return probability, gradient
 
 
-def _quadrature_bwd(gradient, cotangent):
+def _quadrature_bwd(entries, gradient, cotangent):
+    del entries
     return (gradient * cotangent[:, None],)
 
 
 _quadrature.defvjp(_quadrature_fwd, _quadrature_bwd)
+
+
+def _sort_keys(rows: jax.Array) -> jax.Array:
+    """The rows with NaN as -inf: sorted (or selected) first, so that its row stays NaN."""
+    return jnp.where(jnp.isnan(rows), -jnp.inf, rows)
 
 
 def check_key(
@@ -214,6 +224,7 @@ def gaussian_orthant_probability(
     uniforms: Any = None,
     truncate_classes: int | None = None,
     method: str = "genz",
+    class_axis_name: str | None = None,
 ) -> jax.Array:
     r"""Probability that :math:`\mu + w` is positive in every entry, for :math:`w \sim N(0, I + 11^T)`.
 
@@ -231,9 +242,9 @@ def gaussian_orthant_probability(
     uniforms) and returned through a custom VJP: it is *not* the derivative of the forward
     estimate at fixed uniforms. Memory is :math:`O(N \cdot B \cdot D)`, time
     :math:`O(N \cdot B \cdot D^2)`; the value alone (outside ``jax.grad``) runs without the
-    gradient channels, in time :math:`O(N \cdot B \cdot D)`. A single entry (``D = 1``, or ``truncate_classes=1``) is
-    computed exactly, :math:`\Phi(\mu/\sqrt 2)`. As in the reference, factors below float
-    precision make hopeless rows exactly 0 with a zero gradient.
+    gradient channels, in time :math:`O(N \cdot B \cdot D)`. A single entry (``D = 1``, or
+    ``truncate_classes=1``) is computed exactly, :math:`\Phi(\mu/\sqrt 2)`. As in the reference,
+    factors below float precision make hopeless rows exactly 0 with a zero gradient.
 
     ``method="quadrature"`` evaluates the 1-D integral above with a Gauss-Hermite rule (52
     nodes) in log space: deterministic, :math:`O(B \cdot D)`, with the gradient of the same rule;
@@ -245,22 +256,33 @@ def gaussian_orthant_probability(
     is 0. A NaN entry makes its row NaN, also under truncation. The gradient is a custom VJP in
     both methods: use reverse mode (``jax.grad``, ``jax.vjp``); forward mode raises a TypeError.
 
+    **Rows split over devices** (``class_axis_name``, many entries): the quadrature adds up each
+    shard's per-node sums of log-CDFs, and truncation selects from each shard's
+    ``truncate_classes`` smallest entries, then runs on the selected ones on every device. Genz's
+    estimator without truncation is sequential over all the sorted entries: it gathers the whole
+    rows onto every device (use ``truncate_classes`` for many entries). The result is the
+    single-device one for the same rows and uniforms.
+
     Args:
       mu: float array of shape ``(..., D)``; the constraints are along the last axis.
       key: PRNG key for the uniforms. Required by ``method="genz"`` when more than one entry per
         row is integrated and ``uniforms`` is not given; otherwise it may be None. Inside
         ``shard_map``/``pmap`` every shard draws the same uniforms from the same key: fold the
         axis index into it for independent shards (:func:`jaxloss.exact_loss` does with
-        ``axis_name``).
+        ``axis_name``), but not that of ``class_axis_name``: the shards of a row share its draw.
       sample_size: number of samples N of the Genz estimator.
-      uniforms: optional uniforms in [0, 1) of shape ``(k, N, ...)`` (k = D, or
-        ``truncate_classes``) that replace the draw; row i drives the i-th smallest entry of
-        ``mu`` (stable sort), so a run can be reproduced exactly across frameworks. The batch
-        axes are last, so the uniforms shard with ``mu`` under ``shard_map``.
+      uniforms: optional uniforms in [0, 1) of shape ``(k, N, ...)`` (k = D, counting whole
+        rows, or ``truncate_classes``) that replace the draw; row i drives the i-th smallest
+        entry of ``mu`` (stable sort), so a run can be reproduced exactly across frameworks. The
+        batch axes are last, so the uniforms shard with ``mu`` under ``shard_map``.
       truncate_classes: if given, only the ``truncate_classes`` smallest entries of each row are
         integrated (the others count as certainly positive): an upper bound on P at a fraction of
         the cost.
       method: ``"genz"`` or ``"quadrature"``.
+      class_axis_name: inside ``jax.shard_map``, the mesh axis that the entries' axis is split
+        over (each device holding a contiguous block of every row's entries), or None (the
+        default) for whole rows. Under plain ``jax.jit`` leave it None: XLA splits the work
+        itself.
 
     Returns:
       The probability, shape ``mu.shape[:-1]``, in ``mu``'s dtype.
@@ -283,26 +305,30 @@ def gaussian_orthant_probability(
       Karpukhin, Dereka and Kolesnikov, "EXACT: How to Train Your Accuracy", Pattern Recognition
       Letters, 2024.
     """
-    prepared = _validation.prepare(mu, min_classes=1)
-    mu, out_dtype = prepared.logits, prepared.out_dtype
-    batch_shape, dim = mu.shape[:-1], mu.shape[-1]
+    prepared = _validation.prepare(mu, min_classes=1, class_axis_name=class_axis_name)
+    mu, out_dtype, entries = prepared.logits, prepared.out_dtype, prepared.classes
+    batch_shape, dim = mu.shape[:-1], prepared.num_classes
     k = check_key(key, dim=dim, truncate_classes=truncate_classes, method=method, uniforms=uniforms)
     if method == "genz" and uniforms is None:
         _validation.check_integer("sample_size", sample_size, lower=1)
-    rows = jnp.clip(mu.reshape(-1, dim), -_SATURATED, _SATURATED)
-    if k < dim or method == "genz":
-        # NaN sorts first, so that truncation keeps it and the row is NaN.
-        keys = lax.stop_gradient(jnp.where(jnp.isnan(rows), -jnp.inf, rows))
-        if k < dim:
-            # The k smallest, ascending, ties by index, as the stable sort's first k: a selection,
-            # O(C) instead of the sort's O(C log C) (47 s -> 1 s at 1024 x 99,999, k = 128), and
-            # split by class on class-sharded logits.
-            order = _selection.top_k(-keys, k)[1]
-        else:
-            order = jnp.argsort(keys, axis=-1, stable=True)
+    rows = jnp.clip(mu.reshape(-1, mu.shape[-1]), -_SATURATED, _SATURATED)
+    if method == "quadrature" and k == dim:
+        # A sum over the entries: split rows stay split.
+        return _quadrature(rows, entries).reshape(batch_shape).astype(out_dtype)
+    if k < dim:
+        # The k smallest, ascending, ties by index, as the stable sort's first k: a selection,
+        # O(C) instead of the sort's O(C log C) (47 s -> 1 s at 1024 x 99,999, k = 128), and
+        # on split rows only k candidates per shard cross devices. NaN is selected first (as
+        # -inf); the clip made every -inf finite, so a -inf selected is a NaN: the row is NaN.
+        rows = -entries.top_k(-_sort_keys(rows), k)[0]
+        rows = jnp.where(rows == -jnp.inf, jnp.nan, rows)
+    else:
+        # Genz's estimator is sequential over all the sorted entries: it needs whole rows.
+        rows = entries.whole(rows)
+        order = jnp.argsort(lax.stop_gradient(_sort_keys(rows)), axis=-1, stable=True)
         rows = jnp.take_along_axis(rows, order, axis=-1)
     if method == "quadrature":
-        return _quadrature(rows).reshape(batch_shape).astype(out_dtype)
+        return _quadrature(rows, _classes.WHOLE).reshape(batch_shape).astype(out_dtype)
 
     if uniforms is not None:
         uniforms = jnp.asarray(uniforms)

@@ -12,7 +12,9 @@ device, in both forms:
 
 One 4-device subprocess compiles every case in both forms on a 2 (data) x 2 (model) and a 1 x 4
 mesh and reports what failed per loss and form; each is then its own test. EXACT's Genz
-estimator is not a case (see below)."""
+estimator without truncation is not a case: it gathers rows (it is sequential over the sorted
+competitors), and ``test_exact.py`` checks its values.
+"""
 
 from __future__ import annotations
 
@@ -43,7 +45,17 @@ key = jax.random.key(0)
 # name -> (loss of (logits, labels, arrays, **options), the arrays it takes, each with its partition
 # spec). Under shard_map the options hold class_axis_name="model".
 counts = {"class_counts": P("model")}
-noise = {"noise": P("data", "model", None)}
+drawn = {"noise": P("data", "model", None)}
+
+
+def exact(**kwargs):
+    # Inside shard_map the normalization's statistics are the whole batch's with axis_name only.
+    return lambda z, y, a, **o: jaxloss.exact_loss(
+        z, y, **kwargs, **a, **o, **({"axis_name": "data"} if o else {}))
+
+
+# (k, N, batch): EXACT's injected uniforms shard with the batch.
+uniforms = jax.random.uniform(jax.random.key(1), (5, 16, batch))
 CASES = {
     "cross_entropy": (
         lambda z, y, a, **o: jaxloss.get_loss("cross_entropy")(z, y, key=key, **o), {}),
@@ -70,15 +82,16 @@ CASES = {
         lambda z, y, a, **o: jaxloss.smooth_topk_svm_loss(z, y, k=1, **o), {}),
     "balanced_noised_topk": (
         lambda z, y, a, **o: jaxloss.balanced_noised_topk_loss(z, y, k=2, epsilon=1.0, **a, **o),
-        noise),
+        drawn),
     "imbalanced_noised_topk": (
         lambda z, y, a, **o: jaxloss.imbalanced_noised_topk_loss(
             z, y, k=2, epsilon=0.01, max_m=0.2, **a, **o),
-        {**noise, **counts}),
-    "exact_quadrature": (
-        lambda z, y, a, **o: jaxloss.exact_loss(z, y, method="quadrature", **o), {}),
+        {**drawn, **counts}),
+    "exact_quadrature": (exact(method="quadrature"), {}),
+    "exact_quadrature_truncated": (exact(method="quadrature", truncate_classes=5), {}),
+    "exact_genz_truncated": (exact(truncate_classes=5), {"uniforms": P(None, None, "data")}),
 }
-values = {**per_class, "noise": noise}
+values = {**per_class, "noise": noise, "uniforms": uniforms}
 
 COLLECTIVE = re.compile(
     r"= ([^=]+?) (all-gather|all-to-all|collective-permute|all-reduce|reduce-scatter)(?:-start)?\\("
@@ -155,7 +168,7 @@ CLOSED_FORM = (
 
 # Top-k from each class shard's own top k, merged: only k candidates per shard cross devices
 # (jaxloss.ops._selection.top_k).
-SHARD_CANDIDATES = ("topk_svm",)
+SHARD_CANDIDATES = ("topk_svm", "exact_quadrature_truncated", "exact_genz_truncated")
 
 # log_esf's product tree multiplies neighbouring classes, so each shard reduces its own classes;
 # only the last levels' nodes (k coefficients per shard and example) and the top-k candidates cross

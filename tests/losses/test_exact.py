@@ -290,6 +290,70 @@ def test_sharded_statistics_noise_and_gradients():
     assert all(v < 1e-5 for v in result.values()), str(result)
 
 
+def test_class_sharded_shard_map_equals_single_device():
+    # Classes split over a 1 x 4 mesh, with normalized logits, a class mask and a differentiated
+    # temperature: truncated Genz with a key draws the single-device uniforms (the key is not
+    # folded over the class axis) and selects from each shard's candidates; untruncated Genz
+    # gathers the rows. Values and gradients are the single-device ones.
+    out = testing.run_on_devices(
+        """
+        import json
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import Mesh, PartitionSpec as P
+        import jaxloss
+
+        mesh = Mesh(np.array(jax.devices()).reshape(1, 4), ("data", "model"))
+        x = jax.random.normal(jax.random.key(0), (4, 16)) * 2.0
+        y = jnp.array([0, 5, 10, 15])
+        where = jax.random.bernoulli(jax.random.key(1), 0.8, (4, 16))
+        t = jnp.float32(0.7)
+
+        def value_and_grads(fn):
+            def total(x, t):
+                values = fn(x, t, y, where)
+                return jnp.sum(values), values
+
+            (_, values), grads = jax.jit(jax.value_and_grad(total, (0, 1), has_aux=True))(x, t)
+            return values, *grads
+
+        results = {}
+        for name, kwargs in {"truncated": dict(truncate_classes=3), "whole": {}}.items():
+            def losses(x, t, y, where, class_axis_name=None, kwargs=kwargs):
+                return jaxloss.exact_loss(
+                    x, y, key=jax.random.key(2), temperature=t, margin=1.5, where=where,
+                    class_axis_name=class_axis_name, **kwargs,
+                )
+
+            split = jax.shard_map(
+                lambda *args: losses(*args, class_axis_name="model"), mesh=mesh,
+                in_specs=(P("data", "model"), P(), P("data"), P("data", "model")),
+                out_specs=P("data"),
+            )
+            results[name] = [
+                what
+                for what, a, b in zip(
+                    ("value", "logit gradient", "temperature gradient"),
+                    value_and_grads(split), value_and_grads(losses),
+                )
+                if not np.allclose(a, b, rtol=1e-5, atol=1e-7)
+            ]
+        print(json.dumps(results))
+        """
+    )
+    results = json.loads(out.strip().splitlines()[-1])
+    assert results == {"truncated": [], "whole": []}, results
+
+
+def test_axis_name_naming_the_class_axis_is_refused():
+    logits = np.zeros((1, 2, 3, 4), np.float32)
+    labels = np.array([0, 1, 2])
+    loss = lambda x: jaxloss.exact_loss(  # noqa: E731
+        x, labels, method="quadrature", axis_name=("data", "model"), class_axis_name="model"
+    )
+    with pytest.raises(ValueError, match=r"axis_name=\('data', 'model'\) names the class axis"):
+        jax.vmap(jax.vmap(loss, axis_name="model"), axis_name="data")(logits)
+
+
 def test_defaults_are_unit_temperature_on_normalized_logits():
     logits = testing.random_logits(7, (6, 5), scale=4.0).astype(np.float32)
     labels = testing.random_labels(7, (6,), 5)

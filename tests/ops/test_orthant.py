@@ -1,5 +1,6 @@
 """Tests of the Gaussian positive-orthant probability (Genz estimator and quadrature)."""
 
+import json
 import math
 
 import chex
@@ -301,3 +302,51 @@ def test_genz_under_shard_map_with_checked_types(mu_spec, noise, truncate_classe
     want_value, want_grad = jax.jit(jax.value_and_grad(total))(mu, u)
     np.testing.assert_allclose(value, want_value, rtol=1e-6)
     np.testing.assert_allclose(grad, want_grad, rtol=1e-6, atol=1e-7)
+
+
+def test_rows_split_over_shard_map_devices_equal_whole_rows():
+    # 16 entries split over 4 devices: the quadrature's sums, truncation's selection (ties across
+    # shards, a NaN selected first, +-inf) and the gathered rows of untruncated Genz must give the
+    # whole-row values and gradients, with the same draw on every shard of a row.
+    out = testing.run_on_devices(
+        """
+        import json
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import Mesh, PartitionSpec as P
+        from jaxloss.ops import gaussian_orthant_probability
+
+        mesh = Mesh(np.array(jax.devices()), ("model",))
+        rng = np.random.default_rng(0)
+        mu = jnp.asarray(rng.integers(-2, 3, (4, 16)) * 0.5, jnp.float32)
+        mu = mu.at[1, 6].set(jnp.inf).at[2, 9].set(-jnp.inf).at[3, 13].set(jnp.nan)
+        cases = {
+            "quadrature": dict(method="quadrature"),
+            "quadrature_truncated": dict(method="quadrature", truncate_classes=3),
+            "genz_truncated": dict(key=jax.random.key(0), truncate_classes=3),
+            "genz": dict(key=jax.random.key(0)),
+        }
+        results = {}
+        for name, kwargs in cases.items():
+            def value_and_grad(class_axis_name=None, kwargs=kwargs):
+                def total(mu):
+                    p = gaussian_orthant_probability(
+                        mu, class_axis_name=class_axis_name, **kwargs
+                    )
+                    return jnp.sum(p[:3]), p
+                return jax.value_and_grad(total, has_aux=True)
+
+            (_, want), want_grad = jax.jit(value_and_grad())(mu)
+            split = jax.shard_map(
+                value_and_grad("model"), mesh=mesh, in_specs=P(None, "model"),
+                out_specs=((P(), P()), P(None, "model")),
+            )
+            (_, got), got_grad = jax.jit(split)(mu)
+            results[name] = [
+                what for what, a, b in (("value", got, want), ("gradient", got_grad, want_grad))
+                if not np.allclose(a, b, rtol=1e-5, atol=1e-7, equal_nan=True)
+            ] + ([] if np.isnan(got[3]) else ["NaN row not NaN"])
+        print(json.dumps(results))
+        """
+    )
+    results = json.loads(out.strip().splitlines()[-1])
+    assert results == dict.fromkeys(results, []) and len(results) == 4, results
