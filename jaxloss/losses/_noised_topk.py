@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxloss import _autodiff, _validation
+from jaxloss._classes import WHOLE, ClassAxis
 from jaxloss.losses._softmax import cross_entropy
 from jaxloss.ops._noised_topk import noised_topk
 
@@ -43,6 +44,7 @@ def _hinge_parts(prepared, k, epsilon, sample_size, key, noise, axis):
         noise=noise,
         axis=axis,
         where=where,
+        class_axis_name=prepared.classes.name,
     )
     return threshold, true - center
 
@@ -64,6 +66,7 @@ def balanced_noised_topk_loss(
     noise: Any = None,
     axis: int = -1,
     where: Any = None,
+    class_axis_name: str | None = None,
 ) -> jax.Array:
     r"""The top-k calibrated hinge loss, smoothed by Gaussian noise on the scores.
 
@@ -76,7 +79,8 @@ def balanced_noised_topk_loss(
     :math:`\mathbb 1[\ell > 0]\,(\hat p - e_y)`, spreads over every class that may be (k+1)-th under
     the noise instead of a single one. ``epsilon = 0`` is the hard top-k hinge
     :math:`[1 + \operatorname{top}_{k+1}(s) - s_y]_+`. The loss is stochastic: pass a fresh ``key``
-    each step. ``epsilon`` may be a traced array (``jax.jit`` argument, ``jax.vmap`` over a
+    each step (inside ``shard_map``, see :func:`jaxloss.ops.noised_topk` for the noise of split
+    classes and rows). ``epsilon`` may be a traced array (``jax.jit`` argument, ``jax.vmap`` over a
     population); ``k`` and ``sample_size`` are static.
 
     Args:
@@ -92,6 +96,10 @@ def balanced_noised_topk_loss(
         example); False classes never rank, nor do ``-inf`` logits. The label's logit counts even
         when its class is masked. With k or fewer classes left to rank the loss is 0 with
         gradient 0 (the true class is in the top k whatever its score).
+      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
+        (each device holding a contiguous block of every row's classes, and of any per-class
+        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
+        XLA splits class-sharded logits itself.
 
     Returns:
       Per-example losses, shape of ``labels``, in the logits' dtype: NaN where a logit that takes
@@ -119,7 +127,13 @@ def balanced_noised_topk_loss(
       classification <https://arxiv.org/abs/2202.02193>`_, ICML 2022.
     """
     prepared = _validation.prepare(
-        logits, labels, axis=axis, where=where, min_classes=2, tuple_axis=False
+        logits,
+        labels,
+        axis=axis,
+        where=where,
+        min_classes=2,
+        tuple_axis=False,
+        class_axis_name=class_axis_name,
     )
     threshold, true = _hinge_parts(prepared, k, epsilon, sample_size, key, noise, axis)
     return _hinge(1.0, threshold, true).astype(prepared.out_dtype)
@@ -152,9 +166,14 @@ def ldam_margins(class_counts: Any, *, max_m: float) -> jax.Array:
     if np.ndim(class_counts) != 1:
         raise ValueError(f"class_counts must be a vector, got shape {np.shape(class_counts)}.")
     counts = _validation.check_class_vector("class_counts", class_counts, len(class_counts))
+    return _margins(counts, max_m, WHOLE)
+
+
+def _margins(counts: jax.Array, max_m: Any, classes: ClassAxis) -> jax.Array:
+    """:func:`ldam_margins` of checked counts, split like the classes: the rarest class is global."""
     _validation.check_in_range("max_m", max_m, lower=0)
     counts = counts.astype(jnp.promote_types(counts.dtype, jnp.float32))
-    return max_m * (jnp.min(counts) / counts) ** 0.25
+    return max_m * (classes.min(counts) / counts) ** 0.25
 
 
 @_autodiff.reverse_mode_only
@@ -172,6 +191,7 @@ def imbalanced_noised_topk_loss(
     noise: Any = None,
     axis: int = -1,
     where: Any = None,
+    class_axis_name: str | None = None,
 ) -> jax.Array:
     r"""The smoothed top-k hinge with larger margins for rarer classes, for cosine scores.
 
@@ -201,6 +221,10 @@ def imbalanced_noised_topk_loss(
         example); False classes never rank, nor do ``-inf`` logits. The label's logit counts even
         when its class is masked. With k or fewer classes left to rank the loss is 0 with
         gradient 0 (the true class is in the top k whatever its score).
+      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
+        (each device holding a contiguous block of every row's classes, and of any per-class
+        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
+        XLA splits class-sharded logits itself.
 
     Returns:
       Per-example losses, shape of ``labels``, in the logits' dtype: NaN where a logit that takes
@@ -225,13 +249,20 @@ def imbalanced_noised_topk_loss(
       classification <https://arxiv.org/abs/2202.02193>`_, ICML 2022.
     """
     prepared = _validation.prepare(
-        logits, labels, axis=axis, where=where, min_classes=2, tuple_axis=False
+        logits,
+        labels,
+        axis=axis,
+        where=where,
+        min_classes=2,
+        tuple_axis=False,
+        class_axis_name=class_axis_name,
     )
-    _validation.check_class_vector("class_counts", class_counts, prepared.num_classes)
+    classes = prepared.classes
+    counts = _validation.check_class_vector("class_counts", class_counts, prepared.logits.shape[-1])
     _validation.check_in_range("scale", scale, lower=0, lower_open=True)
-    margins = ldam_margins(class_counts, max_m=max_m).astype(prepared.logits.dtype)
+    margins = _margins(counts, max_m, classes).astype(prepared.logits.dtype)
     threshold, true = _hinge_parts(prepared, k, epsilon, sample_size, key, noise, axis)
-    loss = scale * _hinge(margins[prepared.labels], threshold, true)
+    loss = scale * _hinge(classes.take(margins, prepared.labels), threshold, true)
     return loss.astype(prepared.out_dtype)
 
 
@@ -244,6 +275,7 @@ def ldam_loss(
     scale: float = 30.0,
     axis: int = -1,
     where: Any = None,
+    class_axis_name: str | None = None,
 ) -> jax.Array:
     r"""Label-distribution-aware margin (LDAM) loss: cross-entropy with per-class margins.
 
@@ -268,6 +300,10 @@ def ldam_loss(
         example); False classes are excluded from the softmax, as are ``-inf`` logits. As in
         :func:`optax.softmax_cross_entropy_with_integer_labels`, the label's logit counts even
         when its class is masked, and a row with no class left gives 0 (here with gradient 0).
+      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
+        (each device holding a contiguous block of every row's classes, and of any per-class
+        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
+        XLA splits class-sharded logits itself.
 
     Returns:
       Per-example losses, shape of ``labels``, in the logits' dtype; NaN where a logit that takes
@@ -285,17 +321,21 @@ def ldam_loss(
       Cao et al., `Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss
       <https://arxiv.org/abs/1906.07413>`_, NeurIPS 2019.
     """
-    prepared = _validation.prepare(logits, labels, axis=axis, where=where)
-    _validation.check_class_vector("class_counts", class_counts, prepared.num_classes)
+    prepared = _validation.prepare(
+        logits, labels, axis=axis, where=where, class_axis_name=class_axis_name
+    )
+    classes = prepared.classes
+    local_classes = prepared.logits.shape[-1]
+    counts = _validation.check_class_vector("class_counts", class_counts, local_classes)
     _validation.check_in_range("scale", scale, lower=0, lower_open=True)
-    margins = ldam_margins(class_counts, max_m=max_m).astype(prepared.logits.dtype)
-    is_label = jnp.arange(prepared.num_classes) == prepared.labels[..., None]
+    margins = _margins(counts, max_m, classes).astype(prepared.logits.dtype)
+    is_label = classes.is_label(prepared.labels, local_classes)
     # Shift invariant: measured from the true score, the margin is not rounded away at large
     # offsets (at 1e4 a float32 ulp is 1e-3), and a single huge score leaves the others exact.
-    true = prepared.classes.label_value(prepared.logits, prepared.labels)
+    true = classes.label_value(prepared.logits, prepared.labels)
     center = jax.lax.stop_gradient(jnp.where(jnp.isfinite(true), true, 0.0))
     shifted = (prepared.logits - center[..., None]) - jnp.where(
-        is_label, margins[prepared.labels][..., None], 0.0
+        is_label, classes.take(margins, prepared.labels)[..., None], 0.0
     )
-    loss = cross_entropy(scale * shifted, prepared.labels, where=prepared.where)
+    loss = cross_entropy(scale * shifted, prepared.labels, where=prepared.where, classes=classes)
     return loss.astype(prepared.out_dtype)

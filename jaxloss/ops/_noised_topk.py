@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
-from jaxloss import _autodiff, _validation
+# A module import: _classes imports the ops package (its selection), which imports this module.
+from jaxloss import _autodiff, _classes, _validation
 from jaxloss.ops import _selection, _special
 
 __all__ = ["noised_topk"]
@@ -24,65 +28,216 @@ def _mix32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def _standard_normal(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def _standard_normal(
+    seed: jax.Array, rows: tuple[int, ...], positions: jax.Array, num_classes: int
+) -> jax.Array:
     """float32 N(0, 1) draws: a counter hashed with two key-derived words, then an inverse CDF.
 
     ``jax.random.normal`` spends ~10 ns per draw on CPU in threefry's 20 rounds; the noise of this op
     is B*C*S draws per call, which made the RNG 8x the cost of the top-k itself. Two rounds of a
     32-bit avalanche hash cost ~0.2 ns per draw. The key still fully determines the noise (its two
-    words come from threefry), and the tests check the draws' moments, normality and independence.
+    words ``seed`` come from threefry), and the tests check the draws' moments, normality and
+    independence.
+
+    The draws of rows of ``num_classes`` classes (shape ``rows``: the batch and the draws), at the
+    (global) class ``positions`` (integers broadcastable to ``rows + (m,)``). An entry's counter is
+    its flat index in the whole ``rows + (num_classes,)`` array, so the draws at some positions
+    are those of the whole array there: a device holding a block of the classes, or the selection
+    reading a few candidates again, gets the same numbers.
     """
-    size = int(np.prod(shape))
-    if size >= 2**32:
-        raise ValueError(
-            f"noised_topk draws {size} noise values (x.size * sample_size); at most 2**32 - 1 are "
-            "supported per call. Split the batch."
-        )
-    seed = jax.random.bits(key, (2,), jnp.uint32)
-    counter = jnp.arange(size, dtype=jnp.uint32).reshape(shape)
+    row = jnp.arange(int(np.prod(rows)), dtype=jnp.uint32).reshape(rows + (1,))
+    counter = row * jnp.uint32(num_classes) + positions.astype(jnp.uint32)
     bits = _mix32(_mix32(counter ^ seed[0]) + seed[1])
     # 23 random bits -> a uniform on the open interval (-1, 1), symmetric and exact in float32.
     uniform = ((bits >> 9).astype(jnp.float32) + 0.5) * 2.0**-22 - 1.0
     return np.sqrt(2.0).astype(np.float32) * _special.erf_inv(uniform)
 
 
-def _kth_of_last_axis(y: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """Value and index of the k-th largest entry along the last axis."""
-    n = y.shape[-1]
+@dataclasses.dataclass(frozen=True)
+class _Draws:
+    """The S noised copies y = x + epsilon * Z of each row of x (..., C), -inf where excluded.
+
+    Z is ``noise`` (injected, shape (..., S, C)) or drawn from ``seed`` (the key's words);
+    neither: epsilon = 0 and one copy.
+    """
+
+    x: jax.Array
+    epsilon: jax.Array
+    noise: jax.Array | None
+    seed: jax.Array | None
+    where: jax.Array | None
+    classes: _classes.ClassAxis
+    sample_size: int
+
+    def all(self) -> jax.Array:
+        """Every class, in order: shape (..., S, C)."""
+        where = None if self.where is None else self.where[..., None, :]
+        positions = jnp.arange(self.x.shape[-1])
+        return self._scores(self.x[..., None, :], self.noise, where, positions)
+
+    def blocked(self, blocks: int, width: int) -> jax.Array:
+        """Each of ``blocks`` blocks of classes padded to ``width`` with copies of its last."""
+        local_size = self.x.shape[-1]
+        padding = width - local_size // blocks
+
+        def pad(values):
+            if values is None:
+                return None
+            values = values.reshape(values.shape[:-1] + (blocks, -1))
+            pairs = ((0, 0),) * (values.ndim - 1) + ((0, padding),)
+            return jnp.pad(values, pairs, mode="edge").reshape(values.shape[:-2] + (-1,))
+
+        where = None if self.where is None else self.where[..., None, :]
+        positions = pad(jnp.arange(local_size))
+        return self._scores(pad(self.x[..., None, :]), pad(self.noise), pad(where), positions)
+
+    def _scores(self, x, noise, where, positions):
+        # x, noise and where laid out as the local class positions of the result.
+        if self.seed is not None:
+            local_size = self.x.shape[-1]
+            rows = self.x.shape[:-1] + (self.sample_size,)
+            noise = _standard_normal(
+                self.seed,
+                rows,
+                positions + self.classes.indices(local_size)[0],
+                self.classes.global_size(local_size),
+            )
+        if noise is not None:
+            x = x + self.epsilon * noise.astype(self.x.dtype)
+        return x if where is None else jnp.where(where, x, -jnp.inf)
+
+
+def _sortable(y: jax.Array) -> jax.Array:
+    """Integers in the total order of floats that ``lax.top_k`` ranks by (-NaN < -inf < -0 < 0).
+
+    The map is its own inverse from the integers back to the floats' bits.
+    """
+    bits = lax.bitcast_convert_type(y, jnp.dtype(f"int{8 * y.dtype.itemsize}"))
+    return bits ^ ((bits >> (8 * bits.dtype.itemsize - 1)) & jnp.iinfo(bits.dtype).max)
+
+
+# The selection ranks groups of 8 neighbouring classes first. They tile each of 8 equal blocks of
+# the classes (fewer blocks where the classes do not split in 8), the last group of a block padded:
+# under jax.jit with the classes split evenly over 2, 4 or 8 devices no group straddles two, and
+# XLA splits the selection without moving rows. 1000 classes: 8 blocks of 125 in 16 groups each,
+# 128 groups, of which the best 6 (k = 6) hold 48 candidates.
+_GROUP = 8
+_BLOCKS = 8
+
+
+def _grouping(local_size: int, k: int) -> tuple[int, int] | None:
+    """(blocks, groups per block) of the selection by groups, or None where it does not pay: it
+    needs the groups and the k best groups' k * 8 candidates to be much fewer than the classes."""
+    blocks = math.gcd(local_size, _BLOCKS)
+    per_block = -(-local_size // blocks // _GROUP)
+    return (blocks, per_block) if blocks * per_block >= 4 * k else None
+
+
+def _kth(k: int, draws: _Draws) -> tuple[jax.Array, jax.Array]:
+    """Value and global index of the k-th largest score of each draw, ``lax.top_k``'s (ties to the
+    lowest index), shape ``(..., S)``."""
+    classes, local_size = draws.classes, draws.x.shape[-1]
+    num_classes = classes.global_size(local_size)
+    grouping = _grouping(local_size, k)
     # The k-th largest is the (n-k+1)-th smallest, the cheaper one to select past the middle.
-    if k <= n - k + 1:
-        values, indices = _selection.top_k(y, k)
+    if k > num_classes - k + 1:
+        values, indices = classes.top_k(-draws.all(), num_classes - k + 1)
+        return -values[..., -1], indices[..., -1]
+    if grouping is None:
+        values, indices = classes.top_k(draws.all(), k)
         return values[..., -1], indices[..., -1]
-    values, indices = _selection.top_k(-y, n - k + 1)
-    return -values[..., -1], indices[..., -1]
+    # The k entries of a draw's top k lie in at most k groups of neighbours, whose best entries are
+    # among the k best groups' (in the order of (value, -index), which is lax.top_k's order; the
+    # groups', by their best value then the lowest group, is the same since groups are contiguous).
+    # So the top k of the k best groups' k * 8 entries is the draw's top k, ties included: a pass
+    # over the scores for the groups' maxima, and two small top k, instead of one over the row.
+    blocks, per_block = grouping
+    width = local_size // blocks
+    # Written once (the scores' rounding is XLA's choice per fusion: the maxima and the
+    # candidates must read the same numbers), as integers in lax.top_k's order.
+    keys = lax.optimization_barrier(_sortable(draws.blocked(blocks, per_block * _GROUP)))
+    best = jnp.max(keys.reshape(keys.shape[:-1] + (blocks * per_block, _GROUP)), axis=-1)
+    dtype = draws.x.dtype
+    _, groups = classes.top_k(lax.bitcast_convert_type(_sortable(best), dtype), k)
+    # In index order, so that the candidates' own top k breaks ties as the whole row's does.
+    groups = jnp.sort(groups, axis=-1)
+    shard, group = jnp.divmod(groups, blocks * per_block)
+    entries = (group[..., None] * _GROUP + jnp.arange(_GROUP)).reshape(groups.shape[:-1] + (-1,))
+    block, within = jnp.divmod(entries, per_block * _GROUP)
+    candidates = shard.repeat(_GROUP, axis=-1) * local_size + block * width + within
+    # A candidate's key comes from the device that holds its class (its bits: exact, even -0.0);
+    # a block's padding (copies of its last class) ranks below every score (-NaN with every bit
+    # set ties it: its row is NaN).
+    held = shard.repeat(_GROUP, axis=-1) * local_size == classes.indices(local_size)[0]
+    bits = jnp.take_along_axis(keys, entries, axis=-1)
+    bits = classes.sum(jnp.where(held, bits, 0)[..., None]).astype(bits.dtype)
+    bits = jnp.where(within < width, bits, jnp.iinfo(bits.dtype).min)
+    values, at = _selection.top_k(lax.bitcast_convert_type(_sortable(bits), dtype), k)
+    return values[..., -1], jnp.take_along_axis(candidates, at[..., -1:], axis=-1)[..., 0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _mean_kth(k, num_classes, y):
-    """Mean over the draws (axis -2) of the k-th largest entry of each row of y (..., S, C)."""
-    return _mean_kth_fwd(k, num_classes, y)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _kth_draws(k, classes, sample_size, x, epsilon, noise, seed, where):
+    """The k-th largest noised score of each draw, shape (..., S), and the noise there.
+
+    The noise of the entry that holds the k-th largest (0 where that entry is excluded or the
+    draw is NaN) is epsilon's gradient, which the caller applies: as an argument here, epsilon
+    takes no gradient, so that under ``shard_map`` the chain rule sums it over the devices as it
+    does for any replicated input.
+    """
+    return _kth_draws_fwd(k, classes, sample_size, x, epsilon, noise, seed, where)[0]
 
 
-def _mean_kth_fwd(k, num_classes, y):
-    del num_classes
-    values, indices = _kth_of_last_axis(y, k)
-    return jnp.mean(values, axis=-1), (y, indices)
+def _kth_draws_fwd(k, classes, sample_size, x, epsilon, noise, seed, where):
+    local_size = x.shape[-1]
+    values, indices = _kth(k, _Draws(x, epsilon, noise, seed, where, classes, sample_size))
+    if seed is not None:
+        rows = x.shape[:-1] + (sample_size,)
+        num_classes = classes.global_size(local_size)
+        z = _standard_normal(seed, rows, indices[..., None], num_classes)[..., 0]
+    elif noise is not None:
+        z = classes.label_value(noise, indices)
+    else:
+        z = jnp.zeros_like(values)
+    kept = ~jnp.isnan(values)
+    if where is not None:
+        kept &= classes.label_value(where[..., None, :], indices)
+    z = jnp.where(kept, z.astype(x.dtype), 0.0)
+    return (values, z), (x, epsilon, noise, kept, indices)
 
 
-def _mean_kth_bwd(k, num_classes, residuals, g):
+def _kth_draws_bwd(k, classes, sample_size, residuals, cotangents):
     # The k-th largest of a draw moves one for one with the entry that holds it: a one-hot per
-    # draw, averaged over the S draws. x, epsilon and the noise get theirs by the chain rule
-    # through y = x + epsilon * noise, outside this rule.
-    del k
-    y, indices = residuals
-    # Reading y (a NaN draw, whose value is overridden by NaN anyway, gets nothing) ties the
-    # one-hot to y's layout: with the classes split over devices (many classes), each device
-    # builds its own classes' part instead of every device the whole row.
-    one_hot = (indices[..., None] == jnp.arange(num_classes)) & (y == y)
-    return ((g[..., None, None] / indices.shape[-1] * one_hot).astype(g.dtype),)
+    # draw; injected noise gets it times epsilon.
+    del k, sample_size
+    x, epsilon, noise, kept, indices = residuals
+    local_size = x.shape[-1]
+    # A NaN draw (its value is overridden by NaN anyway) and an excluded entry (the k-th of a
+    # row with fewer than k entries left) get nothing.
+    share = jnp.where(kept, cotangents[0], jnp.zeros((), x.dtype))
+    # Added at each draw's k-th entry, if this device holds it (others are dropped): (..., S)
+    # updates, not a (..., S, C) one-hot.
+    local = indices - classes.indices(local_size)[0]
+    local = jnp.where((local >= 0) & (local < local_size), local, local_size)
+    # Zeros read from x tie the gradient to x's layout: with the classes split over devices
+    # under jax.jit (many classes), each device adds its own classes' part.
+    zeros = (x == x).astype(x.dtype) * 0
+    rows = int(np.prod(x.shape[:-1]))
+    dx = jax.vmap(lambda dx, at, add: dx.at[at].add(add, mode="drop"))(
+        zeros.reshape(rows, -1), local.reshape(rows, -1), share.reshape(rows, -1)
+    )
+    dx = dx.reshape(x.shape)
+    d_noise = None
+    if noise is not None:
+        one_hot = classes.is_label(indices, local_size)
+        d_noise = jnp.where(one_hot, (epsilon * share)[..., None], jnp.zeros((), x.dtype))
+        d_noise = d_noise.astype(noise.dtype)
+    return dx, None, d_noise, None, None
 
 
-_mean_kth.defvjp(_mean_kth_fwd, _mean_kth_bwd)
+_kth_draws.defvjp(_kth_draws_fwd, _kth_draws_bwd)
+# One dispatch for the op's many small steps when it is called outside jax.jit.
+_kth_draws = jax.jit(_kth_draws, static_argnums=(0, 1, 2))
 
 
 @_autodiff.reverse_mode_only
@@ -96,6 +251,7 @@ def noised_topk(
     noise: Any = None,
     axis: int = -1,
     where: Any = None,
+    class_axis_name: str | None = None,
 ) -> jax.Array:
     r"""The k-th largest entry of ``x`` along ``axis``, smoothed by Gaussian noise.
 
@@ -114,9 +270,17 @@ def noised_topk(
     independent draws), or is given as ``noise``. Gradients also flow to a traced ``epsilon``
     (:math:`\frac1S\sum_s Z_{s,\operatorname{idx}_k}`) and to ``noise``.
 
+    Inside ``jax.shard_map`` with ``class_axis_name``, injected ``noise`` is split like ``x``
+    (its class axis too), and each device draws from ``key`` the noise of its own classes: the
+    single-device draws, as long as only the classes are split. Rows split over another mesh axis
+    (data parallelism) are numbered from 0 on each device, so every row shard would draw the same
+    noise: fold that axis's index into the key, ``jax.random.fold_in(key,
+    jax.lax.axis_index("data"))``, as for any stochastic loss under data parallelism.
+
     Args:
       x: float array of any shape.
-      k: which largest entry, ``1 <= k <= x.shape[axis]`` (``k = 1`` is the max).
+      k: which largest entry, from 1 (the max) to the number of entries along ``axis`` (of whole
+        rows).
       epsilon: noise scale, ``>= 0`` (a scalar).
       sample_size: number of noise draws ``S >= 1``.
       key: a PRNG key; exactly one of ``key`` and ``noise`` unless ``epsilon == 0``.
@@ -126,6 +290,10 @@ def noised_topk(
       where: optional boolean mask broadcastable to ``x``; False entries are excluded (they never
         rank), as are ``-inf`` entries. With fewer than ``k`` entries left the result is
         ``-inf``.
+      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
+        (each device holding a contiguous block of every row's classes, and of any per-class
+        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
+        XLA splits class-sharded logits itself.
 
     Returns:
       Array of shape ``x.shape`` without ``axis``, in ``x``'s dtype (16-bit inputs are computed
@@ -157,8 +325,10 @@ def noised_topk(
       Garcin et al., `Stochastic smoothing of the top-K calibrated hinge loss for deep imbalanced
       classification <https://arxiv.org/abs/2202.02193>`_, ICML 2022.
     """
-    prepared = _validation.prepare(x, axis=axis, where=where, tuple_axis=False)
-    values = prepared.logits
+    prepared = _validation.prepare(
+        x, axis=axis, where=where, tuple_axis=False, class_axis_name=class_axis_name
+    )
+    values, classes = prepared.logits, prepared.classes
     k = _validation.check_integer("k", k, lower=1, upper=prepared.num_classes)
     sample_size = _validation.check_integer("sample_size", sample_size, lower=1)
     if np.ndim(epsilon) != 0:
@@ -168,7 +338,7 @@ def noised_topk(
         raise ValueError("Pass either key or noise, not both.")
     exact = not isinstance(epsilon, jax.core.Tracer) and float(epsilon) == 0.0
 
-    draws = None
+    noise_draws = seed = None
     if not exact:
         if noise is not None:
             expected = tuple(np.shape(x)) + (sample_size,)
@@ -179,21 +349,37 @@ def noised_topk(
                 )
             ndim = values.ndim
             # (..., C at `axis`, ..., S) -> (..., S, C): the layout the selection runs on.
-            draws = jnp.moveaxis(jnp.asarray(noise), (axis % ndim, ndim), (ndim, ndim - 1))
+            noise_draws = jnp.moveaxis(jnp.asarray(noise), (axis % ndim, ndim), (ndim, ndim - 1))
+            noise_draws = noise_draws.astype(values.dtype)
         elif key is not None:
-            draws = _standard_normal(key, values.shape[:-1] + (sample_size, values.shape[-1]))
+            size = values.size // values.shape[-1] * sample_size * prepared.num_classes
+            if size >= 2**32:
+                raise ValueError(
+                    f"noised_topk draws {size} noise values (x.size * sample_size); at most "
+                    "2**32 - 1 are supported per call. Split the batch."
+                )
+            seed = jax.random.bits(key, (2,), jnp.uint32)
         else:
             raise ValueError("noised_topk with epsilon > 0 needs a PRNG key or injected noise.")
-        draws = draws.astype(values.dtype)
-    y = values[..., None, :]
-    if draws is not None:
-        y = y + jnp.asarray(epsilon, values.dtype) * draws
     nan = jnp.isnan(values)
     if prepared.where is not None:
-        y = jnp.where(prepared.where[..., None, :], y, -jnp.inf)
         nan &= prepared.where
-    out = _mean_kth(k, values.shape[-1], y)
+    kth, noise_at_kth = _kth_draws(
+        k,
+        classes,
+        1 if exact else sample_size,
+        values,
+        lax.stop_gradient(jnp.asarray(epsilon, values.dtype)),
+        noise_draws,
+        seed,
+        prepared.where,
+    )
+    if isinstance(epsilon, jax.core.Tracer):
+        # + 0 to the value; the gradient to epsilon is the k-th entries' noise.
+        epsilon = jnp.asarray(epsilon, values.dtype)
+        kth = kth + (epsilon - lax.stop_gradient(epsilon)) * lax.stop_gradient(noise_at_kth)
+    out = jnp.mean(kth, axis=-1)
     # lax.top_k ranks NaN above every number: without this a NaN score would pass as a finite
     # threshold, and a training loop's NaN check would never fire. (B, C), not (B, C, S): cheap.
-    out = jnp.where(jnp.any(nan, axis=-1), jnp.nan, out)
+    out = jnp.where(classes.sum(nan.astype(jnp.int32)) > 0, jnp.nan, out)
     return out.astype(prepared.out_dtype)

@@ -286,6 +286,8 @@ def test_bad_inputs_raise():
         jaxloss.ldam_margins(np.ones((2, 2)), max_m=0.5)
     with pytest.raises(ValueError, match="labels must have"):
         bal(logits, np.array([0]), k=1, epsilon=0.0)
+    with pytest.raises(ValueError, match="not an axis of an enclosing shard_map"):
+        jaxloss.ldam_loss(logits, labels, class_counts=[3, 2, 2, 1], class_axis_name="model")
 
 
 @pytest.mark.parametrize("offset", [1e4, -1e4])
@@ -351,3 +353,62 @@ def test_sample_size_is_the_keyword():
         jaxloss.balanced_noised_topk_loss(
             logits, labels, k=1, epsilon=1.0, n_samples=3, key=jax.random.key(0)
         )
+
+
+_CLASS_SPLIT_CODE = """
+import functools
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
+import jaxloss
+
+rng = np.random.default_rng(0)
+logits = (0.5 * rng.standard_normal((4, 8))).astype(np.float32)
+labels = np.array([0, 3, 5, 7])
+where = rng.random((4, 8)) > 0.2
+counts = np.array([30.0, 12.0, 40.0, 25.0, 9.0, 18.0, 50.0, 4.0], np.float32)  # rarest: shard 3
+key = jax.random.key(3)
+mesh = Mesh(np.array(jax.devices()).reshape(1, 4), ("data", "model"))
+losses = {
+    "balanced": lambda z, y, w, c, **o: jaxloss.balanced_noised_topk_loss(
+        z, y, k=2, epsilon=0.5, key=key, where=w, **o),
+    "imbalanced": lambda z, y, w, c, **o: jaxloss.imbalanced_noised_topk_loss(
+        z, y, class_counts=c, k=2, epsilon=0.5, max_m=0.4, scale=2.0, key=key, where=w, **o),
+    "ldam": lambda z, y, w, c, **o: jaxloss.ldam_loss(
+        z, y, class_counts=c, max_m=0.4, scale=3.0, where=w, **o),
+}
+for name, loss in losses.items():
+    split = jax.shard_map(
+        functools.partial(loss, class_axis_name="model"),
+        mesh=mesh,
+        in_specs=(P("data", "model"), P("data"), P("data", "model"), P("model")),
+        out_specs=P("data"),
+    )
+
+    def results(fn):
+        grad = jax.grad(lambda *a: jnp.sum(fn(*a)))
+        return jax.jit(lambda *a: (fn(*a), grad(*a)))(logits, labels, where, counts)
+
+    (want, want_grad), (got, got_grad) = results(loss), results(split)
+    assert np.count_nonzero(want) >= 2, name
+    np.testing.assert_allclose(got, want, rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-7, err_msg=name)
+    if name != "balanced":  # the whole count vector on each device, not its block of classes
+        whole_counts = jax.shard_map(
+            functools.partial(loss, class_axis_name="model"),
+            mesh=mesh,
+            in_specs=(P("data", "model"), P("data"), P("data", "model"), P()),
+            out_specs=P("data"),
+        )
+        try:
+            jax.eval_shape(whole_counts, logits, labels, where, counts)
+            raise AssertionError(name)
+        except ValueError as error:
+            assert "class_counts must have shape (2,)" in str(error), error
+print("ok")
+"""
+
+
+def test_split_classes_match_whole_rows():
+    # Inside shard_map with the classes (and the counts, and the mask) split 4 ways: the key's
+    # draws, the rarest class's margin and the label's entries are those of the whole rows.
+    assert testing.run_on_devices(_CLASS_SPLIT_CODE, num_devices=4).split() == ["ok"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from jaxloss.ops import noised_topk
+from jaxloss.ops import _noised_topk, noised_topk
 from jaxloss.ops._noised_topk import _standard_normal
 from tests import testing
 
@@ -39,12 +39,12 @@ def exact_smoothed_kth(s, k: int, epsilon: float):
     return value, np.array(probs)
 
 
-def numpy_noised_topk(x, noise, k, epsilon, axis):
+def numpy_noised_topk(x, noise, k, epsilon, axis, dtype=np.float64):
     """Brute force with a full sort: the mean k-th largest and d(sum of it)/dx (counts / S)."""
     axis = axis % np.ndim(x)
-    x = np.moveaxis(np.asarray(x, np.float64), axis, -1)
-    noise = np.moveaxis(np.asarray(noise, np.float64), axis, -2)  # (..., C, S)
-    y = x[..., None] + epsilon * noise
+    x = np.moveaxis(np.asarray(x, dtype), axis, -1)
+    noise = np.moveaxis(np.asarray(noise, dtype), axis, -2)  # (..., C, S)
+    y = x[..., None] + dtype(epsilon) * noise
     order = np.argsort(-y, axis=-2, kind="stable")
     picked = np.take_along_axis(order, np.full((*y.shape[:-2], 1, y.shape[-1]), k - 1), -2)
     value = np.take_along_axis(y, picked, -2)[..., 0, :].mean(-1)
@@ -156,7 +156,11 @@ def test_key_draws_are_deterministic_and_fresh_keys_differ():
 
 
 def test_standard_normal_draws_are_normal_and_uncorrelated():
-    z = np.asarray(_standard_normal(jax.random.key(0), (64, 8, 400)), np.float64)
+    def draws(key):
+        seed = jax.random.bits(key, (2,), jnp.uint32)
+        return _standard_normal(seed, (64, 8), jnp.arange(400), 400)
+
+    z = np.asarray(draws(jax.random.key(0)), np.float64)
     flat = z.ravel()
     assert abs(flat.mean()) < 4 / np.sqrt(flat.size)
     assert abs(flat.var() - 1) < 4 * np.sqrt(2 / flat.size)
@@ -166,7 +170,7 @@ def test_standard_normal_draws_are_normal_and_uncorrelated():
     for axis in range(3):
         a, b = np.swapaxes(z, axis, -1)[..., :-1], np.swapaxes(z, axis, -1)[..., 1:]
         assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < bound
-    other = np.asarray(_standard_normal(jax.random.key(1), z.shape)).ravel()
+    other = np.asarray(draws(jax.random.key(1))).ravel()
     assert abs(np.corrcoef(flat, other)[0, 1]) < bound
     chex.assert_tree_all_finite(z)
 
@@ -208,6 +212,53 @@ def test_per_example_gradients():
         x, keys
     )
     np.testing.assert_allclose(np.sum(grads, -1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("k", [1, 8])
+def test_selection_by_groups_matches_numpy(k):
+    # 264 classes: 8 blocks of 33, each tiled by 5 groups of 8 (the last padded), of which the k
+    # best hold the top k. Ties (equal scores, -inf) go to the lowest index, as in a stable sort.
+    assert _noised_topk._grouping(264, k) is not None
+    x = testing.random_logits(20, (4, 264), dtype=np.float32)
+    x[0, ::3] = x[0, 0]
+    x[1, 5] = np.inf
+    x[2, :200] = -np.inf
+    x[3, :260] = -np.inf  # fewer than k finite entries for k = 8: the k-th is the first -inf
+    noise = np.random.default_rng(21).standard_normal((4, 264, 5)).astype(np.float32)
+    for epsilon, draws in ((0.0, np.zeros((4, 264, 1), np.float32)), (0.6, noise)):
+        # float32 sums, as the op forms them (without a fused multiply-add).
+        want_value, want_grad = numpy_noised_topk(x, draws, k, epsilon, -1, np.float32)
+        value, grad = _value_and_grad(x, draws, k, epsilon, -1)
+        np.testing.assert_allclose(
+            noised_topk(x, k=k, epsilon=epsilon, sample_size=draws.shape[-1], noise=draws),
+            want_value,
+            rtol=1e-6,
+        )
+        np.testing.assert_allclose(value, want_value.sum(), rtol=1e-6)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-6)
+
+
+def test_selection_by_groups_is_the_plain_selection(monkeypatch):
+    # The key's draws, a mask and ties: the same k-th entries as the selection over whole rows
+    # (its group maxima and its candidates' scores, made in different passes, round alike).
+    x = testing.random_logits(22, (5, 264), dtype=np.float32)
+    x[0, ::2] = x[0, 1]
+    x[1, :100] = -np.inf
+    where = np.random.default_rng(23).random((5, 264)) > 0.3
+    where[2, 4:] = False
+
+    def run():
+        def total(x, epsilon):
+            out = noised_topk(
+                x, k=3, epsilon=epsilon, sample_size=4, key=jax.random.key(2), where=where
+            )
+            return jnp.sum(jnp.where(jnp.isfinite(out), out, 0.0)), out
+
+        return jax.jit(jax.value_and_grad(total, argnums=(0, 1), has_aux=True))(x, 0.7)
+
+    grouped = run()
+    monkeypatch.setattr(_noised_topk, "_grouping", lambda local_size, k: None)
+    chex.assert_trees_all_equal(grouped, run())
 
 
 def test_where_excludes_entries():
@@ -258,6 +309,8 @@ def test_bad_inputs_raise():
         noised_topk(x, k=2, noise=np.zeros((2, 4, 3)))
     with pytest.raises(TypeError, match="floating-point"):
         noised_topk(np.zeros((2, 4), np.int32), k=2, key=key)
+    with pytest.raises(ValueError, match="not an axis of an enclosing shard_map"):
+        noised_topk(x, k=2, key=key, class_axis_name="model")
 
 
 def test_nonfinite_entries():
@@ -292,3 +345,62 @@ def test_forward_mode_is_refused_by_name():
     x = jnp.asarray(testing.random_logits(19, (2, 5), dtype=np.float32))
     with pytest.raises(TypeError, match=r"jaxloss\.ops\.noised_topk supports reverse-mode"):
         jax.jacfwd(lambda x: noised_topk(x, k=2, key=jax.random.key(0)))(x)
+
+
+_CLASS_SPLIT_CODE = """
+import re
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxloss.ops import noised_topk
+
+rng = np.random.default_rng(0)
+key = jax.random.key(7)
+mesh = Mesh(np.array(jax.devices()).reshape(1, 4), ("data", "model"))
+# 8 classes, k = 2 and 7 (the smallest side); 1000 classes, 250 a device: the selection by
+# groups, whose blocks of 125 do not tile in groups of 8 (padded).
+for classes, k in ((8, 2), (8, 7), (1000, 3)):
+    x = rng.standard_normal((3, classes)).astype(np.float32)
+    x[2, -2] = np.nan  # in the last shard: the whole row is NaN on every shard
+    where = rng.random((3, classes)) > 0.2
+
+    def op(x, where, epsilon, class_axis_name=None):
+        return noised_topk(x, k=k, epsilon=epsilon, sample_size=6, key=key, where=where,
+                           class_axis_name=class_axis_name)
+
+    split = jax.shard_map(
+        lambda x, where, epsilon: op(x, where, epsilon, "model"),
+        mesh=mesh,
+        in_specs=(P("data", "model"), P("data", "model"), P()),
+        out_specs=P("data"),
+    )
+
+    def results(fn, *args):
+        grad = jax.grad(lambda *a: jnp.nansum(fn(*a)), argnums=(0, 2))  # x and epsilon
+        step = jax.jit(lambda *a: (fn(*a), grad(*a))).lower(*args).compile()
+        return step(*args), step.as_text()
+
+    (want, want_grads), _ = results(op, x, where, 0.8)
+    np.testing.assert_array_equal(np.isnan(want), [False, False, True])
+    # shard_map with class_axis_name, and plain jit on class-sharded inputs (XLA splits the work).
+    put = lambda a: jax.device_put(a, NamedSharding(mesh, P("data", "model")))
+    for fn, args in ((split, (x, where, 0.8)), (op, (put(x), put(where), 0.8))):
+        (got, got_grads), hlo = results(fn, *args)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        for got_grad, want_grad in zip(got_grads, want_grads):
+            np.testing.assert_allclose(got_grad, want_grad, rtol=1e-6, atol=1e-7)
+        # No collective carries a row of classes (with 8 classes the merged
+        # candidates, k a device, outnumber them).
+        ops = "all-gather|all-to-all|all-reduce|collective-permute|reduce-scatter"
+        for shape in re.findall(rf"= ([^=]+?) (?:{ops})(?:-start)?\\(", hlo) * (classes > 8):
+            for dims in re.findall(r"\\[([\\d,]*)\\]", shape):
+                size = np.prod([int(d) for d in dims.split(",") if d])
+                assert size < 3 * (classes - 1), (classes, shape)
+print("ok")
+"""
+
+
+def test_key_draws_on_split_classes_are_the_single_device_draws():
+    # Classes split 4 ways, inside shard_map and under plain jit: each device draws its own
+    # classes' noise, the same numbers as the whole rows on one device; the k-th largest and its
+    # gradients (x, epsilon) match, and no collective carries whole rows.
+    assert testing.run_on_devices(_CLASS_SPLIT_CODE, num_devices=4).split() == ["ok"]
