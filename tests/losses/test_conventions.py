@@ -5,6 +5,8 @@
   loss's limit or a non-finite value, never a wrong finite number.
 - continuous hyperparameters may be traced: vmap over values equals a loop, and jit takes them.
 - custom-VJP losses name themselves when forward mode is asked for; the others support it.
+- ``class_axis_name``: every loss takes it; outside a ``shard_map`` naming it, it is refused by
+  name before any work, and None is the whole row. (Its values: tests/losses/test_class_sharded.py.)
 """
 
 import jax
@@ -142,6 +144,16 @@ def test_tuple_axis_flattens_classes_or_is_refused_by_name(spec):
         assert "axis" in str(error)
         return
     np.testing.assert_allclose(got, call(logits, labels), rtol=1e-6, atol=1e-7)
+
+
+def test_class_axis_name_is_refused_outside_a_mapped_axis(spec):
+    call = testing.spec_call(spec, num_classes=CLASSES)
+    logits, labels = _inputs(9)
+    np.testing.assert_array_equal(call(logits, labels, class_axis_name=None), call(logits, labels))
+    with pytest.raises(ValueError, match="class_axis_name='model' is not an axis"):
+        call(logits, labels, class_axis_name="model")
+    with pytest.raises(TypeError, match="class_axis_name must be a mesh axis name"):
+        call(logits, labels, class_axis_name=3)
 
 
 def test_bad_class_counts_are_refused_by_name(spec):
