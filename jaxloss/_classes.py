@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxloss.ops import _selection
+from jaxloss import _selection
 
 __all__ = ["ClassAxis", "WHOLE"]
 

@@ -13,8 +13,8 @@ import numpy as np
 from jax import lax
 
 # A module import: _classes imports the ops package (its selection), which imports this module.
-from jaxloss import _autodiff, _classes, _validation
-from jaxloss.ops import _selection, _special
+from jaxloss import _autodiff, _classes, _selection, _validation
+from jaxloss.ops import _special
 
 __all__ = ["noised_topk"]
 

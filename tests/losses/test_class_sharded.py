@@ -167,7 +167,7 @@ CLOSED_FORM = (
 )
 
 # Top-k from each class shard's own top k, merged: only k candidates per shard cross devices
-# (jaxloss.ops._selection.top_k).
+# (jaxloss._selection.top_k).
 SHARD_CANDIDATES = ("topk_svm", "exact_quadrature_truncated", "exact_genz_truncated")
 
 # log_esf's product tree multiplies neighbouring classes, so each shard reduces its own classes;

@@ -1,4 +1,4 @@
-"""Tests of jaxloss.ops._selection.top_k: lax.top_k's results on one device and on class shards.
+"""Tests of jaxloss._selection.top_k: lax.top_k's results on one device and on class shards.
 
 The oracle is a stable NumPy argsort of the negated row (lowest index first among ties, as
 ``lax.top_k`` documents); gradients are checked against the scatter of the cotangent onto the
@@ -16,7 +16,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from jaxloss.ops._selection import top_k
+from jaxloss._selection import top_k
 from tests import testing
 
 
@@ -107,8 +107,8 @@ _SHARDED = """
 import json, re
 import jax, jax.numpy as jnp, ml_dtypes, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from jaxloss.ops._selection import top_k
-from tests.ops.test_selection import oracle_grad, oracle_top_k, tied
+from jaxloss._selection import top_k
+from tests.test_selection import oracle_grad, oracle_top_k, tied
 from tests.testing import random_logits
 
 assert jax.device_count() == 4
