@@ -545,6 +545,7 @@ CASES = {
         z, y, class_counts=v, where=w, **o),
     "logit_adjusted": lambda z, y, v, w, **o: jaxloss.logit_adjusted_loss(
         z, y, class_counts=v, tau=0.5, where=w, **o),
+    "poly1": lambda z, y, v, w, **o: jaxloss.poly1_loss(z, y, epsilon=2.0, where=w, **o),
 }
 
 results = {"logit_adjust": []}
@@ -595,7 +596,7 @@ def shard_map_results():
 
 
 @pytest.mark.parametrize("mask", ["class", "example"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [*NAMES, "poly1"])
 def test_split_classes_under_shard_map_match_single_device_under_masks(
     shard_map_results, name, mask
 ):

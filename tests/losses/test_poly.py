@@ -1,8 +1,5 @@
 """poly1_loss against a float64 NumPy oracle, optax's cross-entropy at epsilon = 0, finite
-differences, float32 extremes and split classes under shard_map (the conventions every loss keeps
-are in test_conventions.py)."""
-
-import json
+differences and float32 extremes (the conventions every loss keeps are in test_conventions.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -63,51 +60,3 @@ def test_bfloat16_in_bfloat16_out_and_bad_epsilon():
     assert jaxloss.poly1_loss(z, jnp.array([0, 1])).dtype == jnp.bfloat16
     with pytest.raises(ValueError, match=r"epsilon must be in \[-1.0, inf\], got -2"):
         jaxloss.poly1_loss(z, jnp.array([0, 1]), epsilon=-2.0)
-
-
-_SHARD_MAP_CODE = """
-import json
-import jax, jax.numpy as jnp, numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
-import jaxloss
-
-rng = np.random.default_rng(0)
-z = jnp.asarray(3 * rng.standard_normal((4, 8)), jnp.float32)
-y = jnp.array([1, 6, 3, 5])  # one label in each of the 4 shards of a 1 x 4 mesh
-# Row 0 masks its label's class, row 2 every class but one, row 3 every class.
-class_mask = jnp.asarray(rng.random((4, 8)) > 0.3).at[0, 1].set(False)
-class_mask = class_mask.at[2].set(jnp.arange(8) == 4).at[3].set(False)
-example_mask = jnp.array([True, False, True, False])
-
-results = {}
-for d, m in ((2, 2), (1, 4)):
-    mesh = Mesh(np.array(jax.devices()).reshape(d, m), ("data", "model"))
-    for mask, where, spec in (("class", class_mask, P("data", "model")),
-                              ("example", example_mask, P("data"))):
-        loss = lambda z, y, w, **o: jaxloss.poly1_loss(z, y, epsilon=2.0, where=w, **o)
-        split = jax.shard_map(
-            lambda z, y, w: loss(z, y, w, class_axis_name="model"), mesh=mesh,
-            in_specs=(P("data", "model"), P("data"), spec), out_specs=P("data"))
-        mean = lambda f: jax.value_and_grad(lambda z: jnp.mean(f(z, y, where)))
-        want = jax.jit(mean(loss))(z)
-        got = jax.jit(mean(split))(z)
-        failed = results.setdefault(mask, [])
-        for part, g, w in zip(("value", "gradient"), got, want):
-            if not np.allclose(g, w, rtol=1e-5, atol=1e-7):
-                failed.append(f"{d}x{m}: {part} off by {float(np.abs(g - w).max())}")
-print(json.dumps(results))
-"""
-
-
-@pytest.fixture(scope="module")
-def shard_map_results():
-    out = testing.run_on_devices(_SHARD_MAP_CODE, num_devices=4)
-    return json.loads(out.strip().splitlines()[-1])
-
-
-@pytest.mark.parametrize("mask", ["class", "example"])
-def test_split_classes_under_shard_map_match_single_device_under_masks(shard_map_results, mask):
-    # Each device holds 4 or 2 of the 8 classes; the values and gradients of the batch mean equal
-    # the single-device ones on 2x2 and 1x4 meshes.
-    failed = shard_map_results[mask]
-    assert failed == [], "\n".join(failed)
