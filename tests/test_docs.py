@@ -58,7 +58,13 @@ def test_api_reference_builds_without_warnings_with_math(tmp_path):
     exact = pages["exact"]
     assert re.search(r'<span class="math notranslate nohighlight">\\\(', exact), "no inline math"
     assert re.search(r'<div class="math notranslate nohighlight">\s*\\\[', exact), "no display math"
-    assert "mathjax" in exact.lower(), "exact.html does not load MathJax"
+    # MathJax comes from the built site, not a CDN: the math renders without a network.
+    scripts = re.findall(r'<script[^>]*src="([^"]*mathjax[^"]*)"', exact, re.I)
+    assert scripts, "exact.html does not load MathJax"
+    assert all("://" not in src for src in scripts), f"MathJax loaded from the network: {scripts}"
+    for src in scripts:
+        assert (out / src.split("?")[0]).is_file(), f"{src} is not in the built site"
+    assert (out / "_static" / "mathjax" / "output" / "chtml" / "fonts").is_dir(), "no MathJax fonts"
 
     described = set(
         re.findall(r'<dt class="sig sig-object py" id="([\w.]+)"', "".join(pages.values()))

@@ -1,6 +1,7 @@
 """Sphinx configuration of the jaxloss API reference, generated from the docstrings.
 
-Build it (``pip install -e ".[docs]"`` first; no network needed, the browser loads MathJax)::
+Build it (``pip install -e ".[docs]"`` first; no network needed, neither to build nor to read: MathJax
+is bundled by ``sphinx-mathjax-offline`` and copied into the site's ``_static/mathjax``)::
 
     sphinx-build -W --keep-going -b html docs/api build/docs
 """
@@ -20,6 +21,8 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # Serves MathJax from the built site instead of a CDN, so the math renders offline.
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
 ]
 
