@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -35,18 +36,32 @@ def _raw(name: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     return features, bunch.target.astype(np.int32), names
 
 
-def stratified_split(labels: np.ndarray, *, seed: int) -> dict[str, np.ndarray]:
-    """Deterministic 60/20/20 stratified split of example indices.
+def stratified_split(
+    labels: np.ndarray,
+    *,
+    seed: int,
+    fractions: Sequence[tuple[str, float]] = (
+        ("train", _TRAIN_FRACTION),
+        ("validation", _VALIDATION_FRACTION),
+    ),
+    rest: str = "test",
+) -> dict[str, np.ndarray]:
+    """Deterministic stratified split of example indices (60/20/20 train/validation/test by
+    default).
 
-    Every class is permuted with a generator seeded by ``seed`` and cut at 60 % and 80 % (rounded
-    per class), so each split holds each class in the same proportion up to rounding.
+    Every class is permuted with a generator seeded by ``seed`` and cut into consecutive pieces,
+    one per ``fractions`` entry (its fraction of the class, rounded per class), and the rest, so
+    each split holds each class in the same proportion up to rounding.
 
     Args:
       labels: int array of shape (N,).
       seed: the split's seed; the same seed always gives the same split.
+      fractions: (split name, fraction of each class) pairs, taken in order.
+      rest: the split that gets what the fractions leave.
 
     Returns:
-      A dict from "train", "validation", "test" to sorted index arrays that partition range(N).
+      A dict from the split names (``fractions``' then ``rest``) to sorted index arrays that
+      partition range(N).
 
     Example:
       >>> parts = stratified_split(np.repeat(np.arange(2), 10), seed=0)
@@ -54,15 +69,20 @@ def stratified_split(labels: np.ndarray, *, seed: int) -> dict[str, np.ndarray]:
       [12, 4, 4]
     """
     rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {split: [] for split in SPLITS}
+    parts: dict[str, list[np.ndarray]] = {split: [] for split, _ in fractions}
+    parts[rest] = []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        n_train = int(round(_TRAIN_FRACTION * len(idx)))
-        n_val = int(round(_VALIDATION_FRACTION * len(idx)))
-        parts["train"].append(idx[:n_train])
-        parts["validation"].append(idx[n_train : n_train + n_val])
-        parts["test"].append(idx[n_train + n_val :])
-    return {split: np.sort(np.concatenate(chunks)) for split, chunks in parts.items()}
+        start = 0
+        for split, fraction in fractions:
+            stop = start + int(round(fraction * len(idx)))
+            parts[split].append(idx[start:stop])
+            start = stop
+        parts[rest].append(idx[start:])
+    return {
+        split: np.sort(np.concatenate(chunks)) if chunks else np.zeros(0, np.int64)
+        for split, chunks in parts.items()
+    }
 
 
 def load_embedded(name: str, *, split: str, seed: int) -> Dataset:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
+
 from jaxloss._validation import check_integer
 from jaxloss.data._dataset import Dataset
 from jaxloss.data._embedded import EMBEDDED_DATASETS, SPLITS, load_embedded
+from jaxloss.data._own import fingerprint, open_path
 from jaxloss.data._sources import InMemorySource, Source
 from jaxloss.data._synthetic import SYNTHETIC_DATASETS, teacher_dataset
 from jaxloss.data._tfds import TFDS_DATASETS, load_tfds, tfds_source
 
-__all__ = ["available_datasets", "load", "load_source"]
+__all__ = ["available_datasets", "load", "load_source", "load_splits", "provenance"]
 
 
 def available_datasets() -> tuple[str, ...]:
@@ -66,6 +71,11 @@ def load(
       ((1078, 8, 8, 1), 10)
     """
     name, split, seed = _check(name, split, seed, options)
+    if name not in available_datasets():
+        raise ValueError(
+            f"load reads the registered datasets; open your own data {name!r} with load_source or "
+            "load_splits."
+        )
     if name in SYNTHETIC_DATASETS:
         return teacher_dataset(split, seed=seed, **options)
     if name in EMBEDDED_DATASETS:
@@ -74,8 +84,15 @@ def load(
 
 
 def _check(name: str, split: str, seed: int, options: dict) -> tuple[str, str, int]:
-    if name not in available_datasets():
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}.")
+    if not isinstance(name, str | os.PathLike):
+        raise ValueError(f"dataset name must be a string or a path, got {name!r}.")
+    name = os.fspath(name)
+    if name not in available_datasets() and not os.path.exists(name):
+        raise ValueError(
+            f"unknown dataset {name!r}; available: {', '.join(available_datasets())}, or the path "
+            "of your own data (a .npz file, an ImageFolder tree, a directory of ArrayRecord files "
+            "with its schema.json)."
+        )
     if options and name not in SYNTHETIC_DATASETS:
         raise ValueError(f"{name} takes no options, got {', '.join(sorted(options))}.")
     if split not in SPLITS:
@@ -92,7 +109,8 @@ def load_source(
     normalize: bool = True,
     **options,
 ) -> Source:
-    """The split :func:`load` returns, as a random-access :class:`Source` for the input pipeline.
+    """The split :func:`load` returns, as a random-access :class:`Source` for the input pipeline;
+    ``name`` may also be a path to the user's own data (:func:`open_path`).
 
     Embedded datasets are loaded into memory as by :func:`load` (:class:`InMemorySource`, float32
     features, identity ``normalization``). tfds datasets are read on demand from their ArrayRecord
@@ -110,8 +128,82 @@ def load_source(
       (360, (8, 8, 1), dtype('float32'))
     """
     name, split, seed = _check(name, split, seed, options)
+    if name not in available_datasets():
+        return open_path(name, seed=seed)[split]
     if name in SYNTHETIC_DATASETS:
         return InMemorySource(teacher_dataset(split, seed=seed, **options))
     if name in EMBEDDED_DATASETS:
         return InMemorySource(load_embedded(name, split=split, seed=seed))
     return tfds_source(name, split=split, seed=seed, data_dir=data_dir, normalize=normalize)
+
+
+def load_splits(
+    name: str,
+    *,
+    seed: int = 0,
+    data_dir: str | None = None,
+    normalize: bool = True,
+    **options,
+) -> dict[str, Source]:
+    """The train, validation and test sources of a registered dataset (:func:`load_source`) or of
+    the user's own data at a path (:func:`open_path`, opened and checked once).
+
+    Args:
+      name: one of :func:`available_datasets`, or a path (a ``.npz`` file, an ImageFolder tree, a
+        directory of ArrayRecord files with its ``schema.json``).
+      seed, data_dir, normalize, options: as for :func:`load_source` (paths take ``seed`` only).
+
+    Returns:
+      ``{"train": Source, "validation": Source, "test": Source}``.
+
+    Example:
+      >>> {split: len(source) for split, source in load_splits("iris").items()}
+      {'train': 90, 'validation': 30, 'test': 30}
+    """
+    name, _, seed = _check(name, "train", seed, options)
+    if name not in available_datasets():
+        return open_path(name, seed=seed)
+    return {
+        split: load_source(
+            name, split=split, seed=seed, data_dir=data_dir, normalize=normalize, **options
+        )
+        for split in SPLITS
+    }
+
+
+def provenance(
+    data_config: Mapping, splits: Mapping[str, Source], *, given: bool = False
+) -> dict[str, dict]:
+    """What a run's ``config.json`` records about its data, beyond the ``data`` config itself.
+
+    A registered dataset is named by the config (nothing to add). The user's own data, by path or
+    given from Python, adds ``data_fingerprint`` (:func:`fingerprint`: split sizes and a hash of
+    the labels), so that a resumed run refuses data that changed; sources given from Python
+    replace the config's ``data.name`` (which did not say what was trained on) by None and
+    list the sources under ``data.sources``.
+
+    Args:
+      data_config: the ``data`` part of the run's config (a ``ConfigDict`` or a dict).
+      splits: the train, validation and test sources the run uses.
+      given: whether ``splits`` were given from Python rather than loaded from ``data.name``.
+
+    Returns:
+      Top-level entries to merge into ``config.json``.
+
+    Example:
+      >>> provenance({"name": "digits"}, load_splits("digits"))
+      {}
+    """
+    name = data_config["name"]
+    if not given and name in available_datasets():
+        return {}
+    record = {"data_fingerprint": fingerprint(splits)}
+    if given:
+        to_json = getattr(data_config, "to_json_best_effort", None)
+        data_json = json.loads(to_json()) if to_json else dict(data_config)
+        record["data"] = {
+            **data_json,
+            "name": None,
+            "sources": {split: repr(source) for split, source in splits.items()},
+        }
+    return record

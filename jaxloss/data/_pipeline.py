@@ -266,7 +266,8 @@ def train_batches(
       ``source.normalization`` on device.
 
     Raises:
-      ValueError: B larger than N, or not divisible by P; ``start_step`` not a multiple of G.
+      ValueError: B larger than N (an empty source included), or not divisible by P;
+        ``start_step`` not a multiple of G.
 
     Example:
       >>> from jaxloss.data import Dataset, InMemorySource
@@ -337,9 +338,14 @@ def eval_batches(
       >>> ds = Dataset(np.zeros((5, 2)), np.arange(5) % 2, 2, ("a", "b"), "toy")
       >>> [b["mask"].tolist() for b in eval_batches(InMemorySource(ds), global_batch_size=2)]
       [[True, True], [True, True], [True, False]]
+
+    Raises:
+      ValueError: an empty source, or B not divisible by P.
     """
     global_batch_size = check_integer("global_batch_size", global_batch_size, lower=1)
     p, _, local = _process(process_index, process_count, global_batch_size)
+    if not len(source):
+        raise ValueError(f"{source.name!r} holds no examples: there is nothing to evaluate.")
     num_steps = math.ceil(len(source) / global_batch_size)
     return BatchIterator(
         _EvalBatcher(source, global_batch_size, p, local),

@@ -10,6 +10,10 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -18,11 +22,15 @@ import numpy as np
 from jaxloss.data._dataset import Dataset
 
 __all__ = [
+    "SCHEMA_FILE",
     "ArrayRecordSource",
+    "ArraySource",
     "InMemorySource",
     "Normalization",
     "Source",
     "TfdsSource",
+    "check_labels",
+    "read_schema",
     "view",
     "write_array_record",
 ]
@@ -168,7 +176,69 @@ def _describe(
     source.normalization = normalization
 
 
-class InMemorySource(Source):
+class ArraySource(Source):
+    """Examples held in host memory as arrays, stored in their own dtype (uint8 images stay uint8).
+
+    Args:
+      features: (N, ...) array of a numeric dtype.
+      labels: (N,) integers in [0, num_classes).
+      num_classes: the number of classes.
+      class_names: one name per class (default "0", "1", ...).
+      name: a short description.
+      normalization: the device-side :class:`Normalization` (default: cast only).
+      metadata: free-form facts.
+
+    Raises:
+      ValueError: labels that are not integers, lie outside [0, num_classes) (the message names
+        the first such label), or whose length differs from the features'.
+
+    Example:
+      >>> source = ArraySource(np.arange(6, dtype=np.uint8).reshape(3, 2), [1, 0, 1], num_classes=2)
+      >>> source.feature_dtype, source.read([2])["features"].tolist()
+      (dtype('uint8'), [[4, 5]])
+    """
+
+    def __init__(
+        self,
+        features,
+        labels,
+        *,
+        num_classes: int,
+        class_names: tuple[str, ...] | None = None,
+        name: str = "arrays",
+        normalization: Normalization | None = None,
+        metadata: dict | None = None,
+    ):
+        features, labels = np.asarray(features), np.asarray(labels)
+        if labels.ndim != 1 or features.shape[:1] != labels.shape:
+            raise ValueError(
+                f"labels of {name} must have shape (N,) matching features.shape[0]; got features "
+                f"{features.shape} and labels {labels.shape}."
+            )
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"labels of {name} must be integers, got dtype {labels.dtype}.")
+        check_labels(labels, num_classes, where=lambda i: f"example {i} of {name}")
+        self._features = features
+        _describe(
+            self,
+            num_classes=num_classes,
+            class_names=class_names or tuple(str(c) for c in range(num_classes)),
+            name=name,
+            metadata=metadata or {},
+            feature_shape=features.shape[1:],
+            feature_dtype=features.dtype,
+            normalization=normalization or Normalization(),
+        )
+        self.labels = labels.astype(np.int32)
+
+    def __len__(self) -> int:
+        return int(self._features.shape[0])
+
+    def _read(self, indices):
+        return {"features": self._features[indices], "labels": self.labels[indices]}
+
+
+class InMemorySource(ArraySource):
     """A :class:`Dataset` held in host memory (the embedded datasets).
 
     Example:
@@ -179,24 +249,14 @@ class InMemorySource(Source):
     """
 
     def __init__(self, dataset: Dataset):
-        self._features = dataset.features
-        _describe(
-            self,
+        super().__init__(
+            dataset.features,
+            dataset.labels,
             num_classes=dataset.num_classes,
             class_names=dataset.class_names,
             name=dataset.name,
             metadata=dataset.metadata,
-            feature_shape=dataset.features.shape[1:],
-            feature_dtype=dataset.features.dtype,
-            normalization=Normalization(),
         )
-        self.labels = dataset.labels
-
-    def __len__(self) -> int:
-        return int(self._features.shape[0])
-
-    def _read(self, indices):
-        return {"features": self._features[indices], "labels": self.labels[indices]}
 
 
 class TfdsSource(Source):
@@ -241,31 +301,162 @@ class TfdsSource(Source):
 
 
 _LABEL_BYTES = 4  # int32, little-endian, in front of each ArrayRecord record
+_SUFFIX = ".array_record"
+SCHEMA_FILE = "schema.json"
+_SCHEMA_FORMAT = "jaxloss.array_record/1"
 
 
-def write_array_record(path: str, features: np.ndarray, labels: np.ndarray) -> None:
-    """Writes examples as an ArrayRecord file that :class:`ArrayRecordSource` reads.
-
-    Each record is the label as a little-endian int32 followed by the example's raw feature bytes
-    (C order, no compression, one record per group for fast random access).
+def check_labels(labels: np.ndarray, num_classes: int, *, where: Callable[[int], str]) -> None:
+    """Raises a ValueError naming the first label outside [0, num_classes) and where it is.
 
     Args:
-      path: the file to write.
-      features: (N, ...) array of any fixed-size dtype (e.g. uint8 images).
-      labels: (N,) integer labels.
+      labels: integer array (N,).
+      num_classes: C.
+      where: position in ``labels`` -> where that label is stored (e.g. "record 7 of a.array_record").
     """
+    labels = np.asarray(labels)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise ValueError(
+            f"label {labels[bad[0]]} of {where(int(bad[0]))} is outside [0, {num_classes}) "
+            f"({num_classes} classes)."
+        )
+
+
+def read_schema(directory: str) -> dict | None:
+    """The ``schema.json`` that :func:`write_array_record` keeps beside its files, or None.
+
+    It holds ``feature_shape``, ``feature_dtype``, ``num_classes`` and ``class_names`` (None when
+    never given), and per split (a file's name without ``.array_record``) its ``file`` and
+    ``num_examples``.
+    """
+    path = os.path.join(directory, SCHEMA_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            schema = json.load(f)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is not a readable JSON schema: {error}") from None
+    if not isinstance(schema, dict) or schema.get("format") != _SCHEMA_FORMAT:
+        raise ValueError(f"{path} is not a schema written by jaxloss.data.write_array_record.")
+    return schema
+
+
+def _merge_schema(schema: dict | None, path: str, **facts) -> dict:
+    """``schema`` with the facts of one more file checked against it (None: the facts as given)."""
+    merged = dict(schema or {"format": _SCHEMA_FORMAT, "splits": {}})
+    for key, value in facts.items():
+        known = merged.get(key)
+        if value is not None and known is not None and known != value:
+            raise ValueError(
+                f"{path}: {key} {value} differs from {known} of the other files in "
+                f"{os.path.join(os.path.dirname(path), SCHEMA_FILE)}."
+            )
+        merged[key] = known if value is None else value
+    return merged
+
+
+def write_array_record(
+    path: str,
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+) -> None:
+    """Writes examples as an ArrayRecord file that :class:`ArrayRecordSource` reads, and records
+    it in the ``schema.json`` beside it.
+
+    Each record is the label as a little-endian int32 followed by the example's raw feature bytes
+    (C order, little-endian, no compression, one record per group for fast random access). The
+    schema (:func:`read_schema`) holds the feature shape and dtype, the classes and, per file
+    (its name without ``.array_record`` is its split), the number of examples: a reader that
+    asks for another shape or dtype, or finds fewer records, is refused instead of reading garbage.
+    Files written into one directory must agree on shape, dtype and classes. For data that does
+    not fit in memory, ``python -m jaxloss.data.convert`` writes such a directory chunk by chunk.
+
+    Args:
+      path: the file to write, e.g. ``".../train.array_record"``.
+      features: (N, ...) array of any fixed-size dtype (e.g. uint8 images).
+      labels: (N,) integer labels, in [0, num_classes) when ``num_classes`` is given.
+      num_classes: the number of classes (None: not recorded).
+      class_names: one name per class (None: not recorded).
+    """
+    features = np.asarray(features)
+    _write_records(
+        path,
+        [(features, labels)],
+        feature_shape=features.shape[1:],
+        feature_dtype=features.dtype,
+        num_classes=num_classes,
+        class_names=class_names,
+    )
+
+
+def _write_records(
+    path: str,
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    *,
+    feature_shape: tuple[int, ...],
+    feature_dtype: Any,
+    num_classes: int | None,
+    class_names: Sequence[str] | None,
+) -> int:
+    """Streams (features, labels) chunks into ``path`` and then records it in the schema; returns
+    the number of examples."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    features = np.ascontiguousarray(features)
-    labels = np.asarray(labels, "<i4")
-    if features.shape[:1] != labels.shape:
-        raise ValueError(f"features {features.shape} and labels {labels.shape} differ in N.")
+    dtype = np.dtype(feature_dtype).newbyteorder("<")
+    if class_names is not None:
+        class_names = [str(c) for c in class_names]
+        num_classes = len(class_names) if num_classes is None else num_classes
+        if len(class_names) != num_classes:
+            raise ValueError(
+                f"class_names has {len(class_names)} entries for {num_classes} classes."
+            )
+    directory = os.path.dirname(os.path.abspath(path))
+    schema = _merge_schema(
+        read_schema(directory),
+        path,
+        feature_shape=[int(d) for d in feature_shape],
+        feature_dtype=dtype.name,
+        num_classes=num_classes,
+        class_names=class_names,
+    )
+    count = 0
     writer = ArrayRecordWriter(path, "group_size:1,uncompressed")
     try:
-        for label, example in zip(labels, features, strict=True):
-            writer.write(label.tobytes() + example.tobytes())
+        for features, labels in chunks:
+            features = np.ascontiguousarray(features, dtype)
+            labels = np.asarray(labels)
+            if features.shape[1:] != tuple(feature_shape) or features.shape[:1] != labels.shape:
+                raise ValueError(
+                    f"{path}: examples of shape {tuple(feature_shape)} and labels (N,) expected, "
+                    f"got features {features.shape} and labels {labels.shape}."
+                )
+            if not np.issubdtype(labels.dtype, np.integer):
+                raise ValueError(f"{path}: labels must be integers, got dtype {labels.dtype}.")
+            if num_classes is not None:
+                check_labels(labels, num_classes, where=lambda i, c=count: f"example {c + i}")
+            for label, example in zip(labels.astype("<i4"), features, strict=True):
+                writer.write(label.tobytes() + example.tobytes())
+            count += len(labels)
     finally:
         writer.close()
+    split = _split_name(path)
+    schema["splits"] = {
+        **schema["splits"],
+        split: {"file": os.path.basename(path), "num_examples": count},
+    }
+    with open(os.path.join(directory, SCHEMA_FILE), "w") as f:
+        json.dump(schema, f, indent=1)
+    return count
+
+
+def _split_name(path: str) -> str:
+    name = os.path.basename(path)
+    return name[: -len(_SUFFIX)] if name.endswith(_SUFFIX) else os.path.splitext(name)[0]
 
 
 class ArrayRecordSource(Source):
@@ -273,6 +464,12 @@ class ArrayRecordSource(Source):
 
     Reads a batch with one batched ArrayRecord lookup and decodes it with one ``np.frombuffer``:
     the fast path for large image datasets (tfds' records hold PNG images decoded one by one).
+
+    Every file is checked when the source is made: it must open (a truncated or damaged file is
+    named), hold at least one record, and agree with the ``schema.json`` beside it (feature shape,
+    dtype, number of classes, number of records) and, schema or not, its first record must have
+    the size that ``feature_shape`` and ``feature_dtype`` give. Every batch read checks its labels
+    against [0, num_classes) and names the file of a bad one.
 
     Args:
       paths: one file or a list of files (their records in that order).
@@ -282,6 +479,9 @@ class ArrayRecordSource(Source):
       class_names: one name per class (default "0", "1", ...).
       name: a short description.
       normalization: the device-side :class:`Normalization` (default: cast only).
+
+    Raises:
+      ValueError: a file that cannot be read, is empty, or does not match the arguments.
 
     Example:
       >>> import os, tempfile
@@ -306,32 +506,95 @@ class ArrayRecordSource(Source):
         import grain
 
         self._paths = [paths] if isinstance(paths, str) else list(paths)
-        # Grain's source: batched random-access reads, picklable for worker processes.
-        self._records = grain.sources.ArrayRecordDataSource(self._paths)
+        if not self._paths:
+            raise ValueError(f"{name}: paths names no file.")
         _describe(
             self,
             num_classes=num_classes,
             class_names=class_names or tuple(str(c) for c in range(num_classes)),
             name=name,
             metadata={"paths": self._paths},
-            feature_shape=tuple(feature_shape),
+            feature_shape=tuple(int(d) for d in feature_shape),
             feature_dtype=np.dtype(feature_dtype).newbyteorder("<"),
             normalization=normalization or Normalization(),
         )
+        self._record_size = _LABEL_BYTES + self.feature_dtype.itemsize * math.prod(
+            self.feature_shape
+        )
+        sizes = [self._check_file(path, grain) for path in self._paths]
+        # Record i of the source is record i - offsets[f] of file f.
+        self._offsets = np.cumsum([0, *sizes])
+        # Grain's source: batched random-access reads, picklable for worker processes.
+        self._records = grain.sources.ArrayRecordDataSource(self._paths)
+
+    def _check_file(self, path: str, grain) -> int:
+        """The number of records in ``path``, after checking it against the schema and the
+        arguments."""
+        if not os.path.isfile(path):
+            raise ValueError(f"{self.name}: ArrayRecord file {path} does not exist.")
+        try:
+            records = grain.sources.ArrayRecordDataSource([path])
+            size = len(records)
+            first = records[0] if size else b""
+        except Exception as error:  # array_record raises RuntimeError, sometimes without a message
+            raise ValueError(
+                f"{path} cannot be read as an ArrayRecord file (truncated or damaged?): "
+                f"{type(error).__name__}: {error or 'no details'}."
+            ) from None
+        if not size:
+            raise ValueError(f"{path} holds no records: {self.name} would be an empty split.")
+        schema = read_schema(os.path.dirname(os.path.abspath(path))) or {"splits": {}}
+        entry = schema["splits"].get(_split_name(path))
+        if entry is not None and entry.get("file") == os.path.basename(path):
+            expected = {
+                "feature_shape": (list(self.feature_shape), schema["feature_shape"]),
+                "feature_dtype": (self.feature_dtype.name, schema["feature_dtype"]),
+                "num_classes": (self.num_classes, schema.get("num_classes") or self.num_classes),
+            }
+            for key, (given, stored) in expected.items():
+                if given != stored:
+                    raise ValueError(
+                        f"{key}={given} does not match {path}: its {SCHEMA_FILE} says {stored}."
+                    )
+            if size != entry["num_examples"]:
+                raise ValueError(
+                    f"{path} holds {size} records where its {SCHEMA_FILE} says "
+                    f"{entry['num_examples']}: the file is truncated or was replaced."
+                )
+        if len(first) != self._record_size:
+            raise ValueError(
+                f"{path} holds records of {len(first) - _LABEL_BYTES} feature bytes, but "
+                f"feature_shape={self.feature_shape} of {self.feature_dtype.name} needs "
+                f"{self._record_size - _LABEL_BYTES}."
+            )
+        return size
+
+    def _locate(self, index: int) -> str:
+        """Where record ``index`` of the source is: "record r of <file>"."""
+        f = int(np.searchsorted(self._offsets, index, side="right")) - 1
+        return f"record {index - self._offsets[f]} of {self._paths[f]}"
 
     def __len__(self) -> int:
-        return len(self._records)
+        return int(self._offsets[-1])
 
     def _read(self, indices):
         records = self._records.__getitems__(indices.tolist())
-        size = _LABEL_BYTES + self.feature_dtype.itemsize * int(np.prod(self.feature_shape))
-        raw = np.frombuffer(b"".join(records), np.uint8).reshape(len(records), size)
+        sizes = np.fromiter((len(r) for r in records), np.int64, len(records))
+        if np.any(sizes != self._record_size):
+            bad = int(np.flatnonzero(sizes != self._record_size)[0])
+            raise ValueError(
+                f"{self._locate(int(indices[bad]))} has {sizes[bad]} bytes where "
+                f"{self._record_size} were expected."
+            )
+        raw = np.frombuffer(b"".join(records), np.uint8).reshape(len(records), self._record_size)
+        labels = raw[:, :_LABEL_BYTES].copy().view("<i4").ravel()
+        check_labels(labels, self.num_classes, where=lambda i: self._locate(int(indices[i])))
         return {
             "features": raw[:, _LABEL_BYTES:]
             .copy()
             .view(self.feature_dtype)
             .reshape(len(records), *self.feature_shape),
-            "labels": raw[:, :_LABEL_BYTES].copy().view("<i4").ravel(),
+            "labels": labels,
         }
 
 
