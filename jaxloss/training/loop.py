@@ -21,8 +21,10 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from jaxloss import data
-from jaxloss.training import logs
+from jaxloss.training import checks, logs
 from jaxloss.training.checkpoint import Checkpointer, CheckpointError, config_differences
+from jaxloss.training.checks import ConfigError
+from jaxloss.training.lock import workdir_lock
 from jaxloss.training.summary import summarize
 from jaxloss.training.train import (
     NUM_BINS,
@@ -35,12 +37,6 @@ from jaxloss.training.train import (
 )
 
 __all__ = ["ConfigError", "load_datasets", "train_and_evaluate"]
-
-
-class ConfigError(ValueError):
-    """A config that cannot run (an unknown name, a value out of range, a field that does not fit
-    the data); raised before the run writes anything."""
-
 
 SPLITS = ("validation", "test")
 
@@ -155,37 +151,6 @@ def _check_finite(losses: np.ndarray, *, epoch: int, num_steps: int, checkpoints
         )
 
 
-def _validate(config: ml_collections.ConfigDict, train: data.Dataset, mesh) -> None:
-    """Raises a ValueError naming the config field that cannot work with this data and mesh."""
-    problems = []
-    for field in ("num_epochs", "batch_size", "eval_batch_size", "num_seeds", "steps_per_call"):
-        value = config.get(field)
-        if not isinstance(value, int) or value < 1:
-            problems.append(f"{field} must be a positive integer, got {value!r}")
-    if not problems and config.batch_size > train.num_examples:
-        problems.append(
-            f"batch_size ({config.batch_size}) is larger than the training split "
-            f"({train.num_examples} examples of {train.name}): no full batch to train on"
-        )
-    for field in ("batch_size", "eval_batch_size"):
-        if not problems and config[field] % mesh.shape["data"]:
-            problems.append(
-                f"{field} ({config[field]}) must be a multiple of the {mesh.shape['data']} "
-                "data-parallel device groups"
-            )
-    k = config.loss.get("hyperparameters", {}).get("k")
-    if k is not None and not 1 <= k < train.num_classes:
-        problems.append(
-            f"loss.hyperparameters.k must be in [1, {train.num_classes - 1}] for the "
-            f"{train.num_classes} classes of {train.name}, got {k}"
-        )
-    top_k = config.get("top_k", 5)
-    if not isinstance(top_k, int) or top_k < 1:
-        problems.append(f"top_k must be a positive integer, got {top_k!r}")
-    if problems:
-        raise ValueError("; ".join(problems) + ".")
-
-
 def _check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
     """Checks that a resumed run has the config it was started with (``config.json``).
 
@@ -288,16 +253,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         field.
       FloatingPointError: the training loss became NaN or infinite; the message names the step.
       CheckpointError: the workdir holds a checkpoint of a different config, or a damaged one.
+      WorkdirInUseError: another run holds the workdir (:mod:`jaxloss.training.lock`); the
+        message names its process and host.
     """
-    # Everything that can be wrong with the config or the data fails here, before the workdir
-    # gets a config.json.
+    # Everything that can be wrong with the config, the data, the devices or the workdir fails
+    # here (jaxloss.training.checks), before anything is written or compiled.
+    workdir = epath.Path(workdir)
     try:
+        checks.check_fields(config)
+        checks.check_workdir(workdir)
+        checks.check_layout(config)
         splits = load_datasets(config.data)
         train = splits["train"]
-        mesh = make_mesh(model_parallel=config.get("model_parallel", 1))
-        _validate(config, train, mesh)
-        population = make_population(config)
         counts = data.class_counts(train)
+        checks.check_data_fit(config, train, np.maximum(counts, 1))
+        mesh = make_mesh(model_parallel=config.model_parallel)
+        population = make_population(config)
         num_steps = data.steps_per_epoch(train.num_examples, config.batch_size, train=True)
         steps = make_steps(
             config,
@@ -311,145 +282,136 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         k = min(config.get("top_k", 5), train.num_classes)
         names = metric_names(k)
-        selection = config.get("selection_metric", "accuracy")
-        if selection not in names:
-            raise ValueError(
-                f"selection_metric {selection!r} is not a metric; choose one of {', '.join(names)}."
-            )
-        if config.get("selection", "best") not in ("best", "last"):
-            raise ValueError(
-                f"selection must be 'best' (the epoch with the best validation {selection}) or "
-                f"'last' (the last epoch), got {config.selection!r}."
-            )
+        selection = config.selection_metric
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise ConfigError(f"Bad config: {error}") from error
     last_epoch_wins = config.get("selection", "best") == "last"
-    workdir = epath.Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_json = _check_config(config, workdir)
-    keys = population.keys()
-    state = steps.init(jax.vmap(lambda key: jax.random.fold_in(key, 0))(keys))
-    train_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
-    best = _empty_best(population.size, splits, [*names, "per_class_recall"])
-    history: list[dict] = []
+    # One run per workdir: a second one stops here, before it reads or writes anything.
+    with workdir_lock(workdir):
+        config_json = _check_config(config, workdir)
+        keys = population.keys()
+        state = steps.init(jax.vmap(lambda key: jax.random.fold_in(key, 0))(keys))
+        train_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
+        best = _empty_best(population.size, splits, [*names, "per_class_recall"])
+        history: list[dict] = []
 
-    checkpointer = (
-        Checkpointer(str(workdir / "checkpoints")) if config.checkpoint_every_epochs else None
-    )
-    start_epoch = 0
-    # The newest intact checkpoint: a damaged one is skipped (and named in a warning).
-    restored = checkpointer and checkpointer.restore_latest(
-        state=state, best=best, config=config_json
-    )
-    data_state = {"step": 0}
-    if restored:
-        latest, state, best, saved_history, saved_data_state = restored
-        history = [
-            {key: _as_array(value) for key, value in record.items()} for record in saved_history
-        ]
-        start_epoch = latest + 1
-        # Checkpoints without a pipeline state (older ones) were taken at epoch ends.
-        data_state = saved_data_state or {"step": start_epoch * num_steps}
-        if start_epoch >= config.num_epochs and jax.process_index() == 0:
-            logging.info(
-                "%s holds a finished run (%d epochs): nothing to train.", workdir, latest + 1
-            )
-    # Written once the checkpoints agree with the config, so a refused run changes nothing.
-    _write_config(config_json, workdir)
-    logger = logs.MetricLogger(
-        workdir, history=history, tensorboard=config.get("tensorboard", True)
-    )
-    # One stream for the run: each host reads its rows of every member's shuffle, from where the
-    # checkpoint's pipeline state says.
-    batches = data.train_batches(
-        train,
-        global_batch_size=config.batch_size,
-        seed=[int(seed) for seed in population.seeds],
-        start_step=data_state["step"],
-        steps_per_item=steps_per_call(num_steps, config.get("steps_per_call", 1)),
-        worker_count=config.data.get("worker_count", 0),
-    )
-    try:
-        for epoch in range(start_epoch, config.num_epochs):
-            state, losses, accuracies = _train_epoch(
-                steps,
-                state,
-                batches,
-                config=config,
-                epoch=epoch,
-                keys=train_keys,
-                population=population,
-                num_steps=num_steps,
-            )
-            if config.get("stop_on_nan", True):
-                _check_finite(
-                    losses,
+        checkpointer = (
+            Checkpointer(str(workdir / "checkpoints")) if config.checkpoint_every_epochs else None
+        )
+        start_epoch = 0
+        # The newest intact checkpoint: a damaged one is skipped (and named in a warning).
+        restored = checkpointer and checkpointer.restore_latest(
+            state=state, best=best, config=config_json
+        )
+        data_state = {"step": 0}
+        if restored:
+            latest, state, best, saved_history, saved_data_state = restored
+            history = [
+                {key: _as_array(value) for key, value in record.items()} for record in saved_history
+            ]
+            start_epoch = latest + 1
+            # Checkpoints without a pipeline state (older ones) were taken at epoch ends.
+            data_state = saved_data_state or {"step": start_epoch * num_steps}
+            if start_epoch >= config.num_epochs and jax.process_index() == 0:
+                logging.info(
+                    "%s holds a finished run (%d epochs): nothing to train.", workdir, latest + 1
+                )
+        # Written once the checkpoints agree with the config, so a refused run changes nothing.
+        _write_config(config_json, workdir)
+        logger = logs.MetricLogger(
+            workdir, history=history, tensorboard=config.get("tensorboard", True)
+        )
+        # One stream for the run: each host reads its rows of every member's shuffle, from where the
+        # checkpoint's pipeline state says.
+        batches = data.train_batches(
+            train,
+            global_batch_size=config.batch_size,
+            seed=[int(seed) for seed in population.seeds],
+            start_step=data_state["step"],
+            steps_per_item=steps_per_call(num_steps, config.get("steps_per_call", 1)),
+            worker_count=config.data.get("worker_count", 0),
+        )
+        try:
+            for epoch in range(start_epoch, config.num_epochs):
+                state, losses, accuracies = _train_epoch(
+                    steps,
+                    state,
+                    batches,
+                    config=config,
                     epoch=epoch,
+                    keys=train_keys,
+                    population=population,
                     num_steps=num_steps,
-                    checkpoints=checkpointer and checkpointer.directory,
                 )
-            record = {
-                "epoch": epoch,
-                "train/loss": losses.mean(axis=0, dtype=np.float64),
-                "train/accuracy": accuracies.mean(axis=0, dtype=np.float64),
-            }
-            values, bins = _evaluate(
-                steps,
-                state,
-                splits,
-                batch_size=config.eval_batch_size,
-                k=k,
-            )
-            record.update(values)
-            best = _update_best(best, {**record, **bins}, selection, last=last_epoch_wins)
-            history.append(record)
-            logger.write(record)
-            # Process 0 reports; every process logs only what goes wrong.
-            logging.log_if(
-                logging.INFO,
-                "epoch %d: train loss %.4f, validation accuracy %.4f, test accuracy %.4f "
-                "(means over %d models)",
-                jax.process_index() == 0,
-                epoch,
-                record["train/loss"].mean(),
-                record["validation/accuracy"].mean(),
-                record["test/accuracy"].mean(),
-                population.size,
-            )
-            last = epoch == config.num_epochs - 1
-            if checkpointer is not None and (
-                last or (epoch + 1) % config.checkpoint_every_epochs == 0
-            ):
-                checkpointer.save(
+                if config.get("stop_on_nan", True):
+                    _check_finite(
+                        losses,
+                        epoch=epoch,
+                        num_steps=num_steps,
+                        checkpoints=checkpointer and checkpointer.directory,
+                    )
+                record = {
+                    "epoch": epoch,
+                    "train/loss": losses.mean(axis=0, dtype=np.float64),
+                    "train/accuracy": accuracies.mean(axis=0, dtype=np.float64),
+                }
+                values, bins = _evaluate(
+                    steps,
+                    state,
+                    splits,
+                    batch_size=config.eval_batch_size,
+                    k=k,
+                )
+                record.update(values)
+                best = _update_best(best, {**record, **bins}, selection, last=last_epoch_wins)
+                history.append(record)
+                logger.write(record)
+                # Process 0 reports; every process logs only what goes wrong.
+                logging.log_if(
+                    logging.INFO,
+                    "epoch %d: train loss %.4f, validation accuracy %.4f, test accuracy %.4f "
+                    "(means over %d models)",
+                    jax.process_index() == 0,
                     epoch,
-                    state=state,
-                    best=best,
-                    history=[_jsonable(r) for r in history],
-                    config=config_json,
-                    data=batches.get_state(),
+                    record["train/loss"].mean(),
+                    record["validation/accuracy"].mean(),
+                    record["test/accuracy"].mean(),
+                    population.size,
                 )
-    finally:
-        batches.close()
-        logger.close()
-        if checkpointer is not None:
-            checkpointer.close()
-    summary = summarize(
-        best,
-        population,
-        metric_names=names,
-        selection=config.get("selection", "best"),
-        selection_metric=selection,
-    )
-    if jax.process_index() == 0:
-        (workdir / "results.json").write_text(json.dumps(summary, indent=1))
-    return {
-        "summary": summary,
-        "best": best,
-        "history": history,
-        "class_names": train.class_names,
-        "train_class_counts": counts,
-        "config": config,
-    }
+                last = epoch == config.num_epochs - 1
+                if checkpointer is not None and (
+                    last or (epoch + 1) % config.checkpoint_every_epochs == 0
+                ):
+                    checkpointer.save(
+                        epoch,
+                        state=state,
+                        best=best,
+                        history=[_jsonable(r) for r in history],
+                        config=config_json,
+                        data=batches.get_state(),
+                    )
+        finally:
+            batches.close()
+            logger.close()
+            if checkpointer is not None:
+                checkpointer.close()
+        summary = summarize(
+            best,
+            population,
+            metric_names=names,
+            selection=config.get("selection", "best"),
+            selection_metric=selection,
+        )
+        if jax.process_index() == 0:
+            (workdir / "results.json").write_text(json.dumps(summary, indent=1))
+        return {
+            "summary": summary,
+            "best": best,
+            "history": history,
+            "class_names": train.class_names,
+            "train_class_counts": counts,
+            "config": config,
+        }
 
 
 def _jsonable(record: dict) -> dict:

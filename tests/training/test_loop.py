@@ -280,8 +280,10 @@ def test_unknown_selection_metric_and_loss_fail_before_training(tmp_path):
     with pytest.raises(ValueError, match="selection_metric 'f1' is not a metric; choose one of"):
         train_and_evaluate(tiny_config(selection_metric="f1"), str(tmp_path / "a"))
     config = tiny_config()
-    config.loss.name = "hinge"
-    with pytest.raises(ValueError, match="Unknown loss 'hinge'"):
+    config.loss.name = "focall"
+    with pytest.raises(
+        ValueError, match=r"loss.name must be one of .*got 'focall' \(did you mean 'focal'\?\)"
+    ):
         train_and_evaluate(config, str(tmp_path / "b"))
 
 
