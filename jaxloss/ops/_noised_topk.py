@@ -177,18 +177,19 @@ def _kth(k: int, draws: _Draws) -> tuple[jax.Array, jax.Array]:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _kth_draws(k, classes, sample_size, x, epsilon, noise, seed, where):
-    """The k-th largest noised score of each draw, shape (..., S), and the noise there.
+def _kth_mean(k, classes, sample_size, x, epsilon, noise, seed, where):
+    """The mean over the draws of the k-th largest noised score, shape (...), and of the noise
+    there.
 
-    The noise of the entry that holds the k-th largest (0 where that entry is excluded or the
-    draw is NaN) is epsilon's gradient, which the caller applies: as an argument here, epsilon
+    The mean noise of the entries that hold the k-th largest (0 where that entry is excluded or
+    the draw is NaN) is epsilon's gradient, which the caller applies: as an argument here, epsilon
     takes no gradient, so that under ``shard_map`` the chain rule sums it over the devices as it
     does for any replicated input.
     """
-    return _kth_draws_fwd(k, classes, sample_size, x, epsilon, noise, seed, where)[0]
+    return _kth_mean_fwd(k, classes, sample_size, x, epsilon, noise, seed, where)[0]
 
 
-def _kth_draws_fwd(k, classes, sample_size, x, epsilon, noise, seed, where):
+def _kth_mean_fwd(k, classes, sample_size, x, epsilon, noise, seed, where):
     local_size = x.shape[-1]
     values, indices = _kth(k, _Draws(x, epsilon, noise, seed, where, classes, sample_size))
     if seed is not None:
@@ -203,41 +204,48 @@ def _kth_draws_fwd(k, classes, sample_size, x, epsilon, noise, seed, where):
     if where is not None:
         kept &= classes.label_value(where[..., None, :], indices)
     z = jnp.where(kept, z.astype(x.dtype), 0.0)
-    return (values, z), (x, epsilon, noise, kept, indices)
+    means = jnp.mean(values, axis=-1), jnp.mean(z, axis=-1)
+    return means, (x, epsilon, noise, kept, indices)
 
 
-def _kth_draws_bwd(k, classes, sample_size, residuals, cotangents):
-    # The k-th largest of a draw moves one for one with the entry that holds it: a one-hot per
-    # draw; injected noise gets it times epsilon.
-    del k, sample_size
+def _kth_mean_bwd(k, classes, sample_size, residuals, cotangents):
+    # The k-th largest of a draw moves one for one with the entry that holds it: the gradient of
+    # the mean is each entry's count of draws times g / S; injected noise gets g / S times epsilon
+    # at each draw's entry.
+    del k
     x, epsilon, noise, kept, indices = residuals
     local_size = x.shape[-1]
+    g = cotangents[0]
+    # Counted in integers and scaled once: float32 shares of 1/S added S times drift (20,000
+    # draws on one entry summed to 1.0001096, a bias that no number of keys averages out).
     # A NaN draw (its value is overridden by NaN anyway) and an excluded entry (the k-th of a
-    # row with fewer than k entries left) get nothing.
-    share = jnp.where(kept, cotangents[0], jnp.zeros((), x.dtype))
-    # Added at each draw's k-th entry, if this device holds it (others are dropped): (..., S)
-    # updates, not a (..., S, C) one-hot.
+    # row with fewer than k entries left) count nothing. Added at each draw's k-th entry, if
+    # this device holds it (others are dropped): (..., S) updates, not a (..., S, C) one-hot.
     local = indices - classes.indices(local_size)[0]
-    local = jnp.where((local >= 0) & (local < local_size), local, local_size)
-    # Zeros read from x tie the gradient to x's layout: with the classes split over devices
-    # under jax.jit (many classes), each device adds its own classes' part.
-    zeros = (x == x).astype(x.dtype) * 0
+    local = jnp.where(kept & (local >= 0) & (local < local_size), local, local_size)
+    # Zeros read from x tie the counts to x's layout: with the classes split over devices
+    # under jax.jit (many classes), each device counts its own classes.
+    zeros = (x == x).astype(jnp.int32) * 0
     rows = int(np.prod(x.shape[:-1]))
-    dx = jax.vmap(lambda dx, at, add: dx.at[at].add(add, mode="drop"))(
-        zeros.reshape(rows, -1), local.reshape(rows, -1), share.reshape(rows, -1)
+    counts = jax.vmap(lambda counts, at: counts.at[at].add(1, mode="drop"))(
+        zeros.reshape(rows, -1), local.reshape(rows, -1)
     )
-    dx = dx.reshape(x.shape)
+    # A divisor of the counts' shape behind a barrier: XLA turns a division by a scalar into a
+    # product with its rounded reciprocal, and S times the rounded 1/S is not always 1.
+    divisor = lax.optimization_barrier(jnp.full(x.shape, sample_size, x.dtype))
+    dx = g[..., None] * counts.reshape(x.shape).astype(x.dtype) / divisor
     d_noise = None
     if noise is not None:
+        share = jnp.where(kept, g[..., None] / sample_size, jnp.zeros((), x.dtype))
         one_hot = classes.is_label(indices, local_size)
         d_noise = jnp.where(one_hot, (epsilon * share)[..., None], jnp.zeros((), x.dtype))
         d_noise = d_noise.astype(noise.dtype)
     return dx, None, d_noise, None, None
 
 
-_kth_draws.defvjp(_kth_draws_fwd, _kth_draws_bwd)
+_kth_mean.defvjp(_kth_mean_fwd, _kth_mean_bwd)
 # One dispatch for the op's many small steps when it is called outside jax.jit.
-_kth_draws = jax.jit(_kth_draws, static_argnums=(0, 1, 2))
+_kth_mean = jax.jit(_kth_mean, static_argnums=(0, 1, 2))
 
 
 @_autodiff.reverse_mode_only
@@ -364,7 +372,7 @@ def noised_topk(
     nan = jnp.isnan(values)
     if prepared.where is not None:
         nan &= prepared.where
-    kth, noise_at_kth = _kth_draws(
+    out, noise_at_kth = _kth_mean(
         k,
         classes,
         1 if exact else sample_size,
@@ -377,8 +385,7 @@ def noised_topk(
     if isinstance(epsilon, jax.core.Tracer):
         # + 0 to the value; the gradient to epsilon is the k-th entries' noise.
         epsilon = jnp.asarray(epsilon, values.dtype)
-        kth = kth + (epsilon - lax.stop_gradient(epsilon)) * lax.stop_gradient(noise_at_kth)
-    out = jnp.mean(kth, axis=-1)
+        out = out + (epsilon - lax.stop_gradient(epsilon)) * lax.stop_gradient(noise_at_kth)
     # lax.top_k ranks NaN above every number: without this a NaN score would pass as a finite
     # threshold, and a training loop's NaN check would never fire. (B, C), not (B, C, S): cheap.
     out = jnp.where(classes.sum(nan.astype(jnp.int32)) > 0, jnp.nan, out)

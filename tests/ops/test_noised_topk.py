@@ -214,6 +214,22 @@ def test_per_example_gradients():
     np.testing.assert_allclose(np.sum(grads, -1), 1.0, rtol=1e-6)
 
 
+def test_gradient_counts_draws_exactly_at_many_samples():
+    # 20,000 draws: each entry's gradient is its count of draws / S, rounded once (float32 shares
+    # of 1/S added 20,000 times gave 1.0001096 for a row whose draws all pick one entry).
+    samples = 20_000
+    x = np.array([[50.0, 0.0, -1.0, 2.0], [0.3, 0.0, 0.1, -0.2]], np.float32)
+    noise = np.random.default_rng(24).standard_normal((2, 4, samples)).astype(np.float32)
+    _, want = numpy_noised_topk(x, noise, 1, 1.0, -1)
+    _, grad = _value_and_grad(x, noise, 1, 1.0, -1)
+    np.testing.assert_array_equal(grad, want.astype(np.float32))
+    assert np.asarray(grad)[0, 0] == 1.0
+    key_grad = jax.grad(lambda x: noised_topk(x, k=1, sample_size=samples, key=jax.random.key(1)))(
+        x[0]
+    )
+    np.testing.assert_array_equal(key_grad, [1.0, 0.0, 0.0, 0.0])
+
+
 @pytest.mark.parametrize("k", [1, 8])
 def test_selection_by_groups_matches_numpy(k):
     # 264 classes: 8 blocks of 33, each tiled by 5 groups of 8 (the last padded), of which the k
