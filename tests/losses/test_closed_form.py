@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 
 import chex
 import jax
@@ -612,3 +613,33 @@ def test_logit_adjust_under_shard_map_normalizes_over_every_shard(shard_map_resu
 
 def test_whole_class_vector_under_shard_map_names_the_local_shape(shard_map_results):
     assert "class_counts must have shape (2,)" in shard_map_results["whole_vector_error"]
+
+
+@pytest.mark.parametrize("name", ["balanced_softmax", "logit_adjusted", "ldam"])
+def test_concrete_jax_array_counts_compile_as_numpy_counts(name, monkeypatch):
+    # A concrete jax.Array is as known as a NumPy array: the same program (the logit shift of
+    # max(z) + max(tau log pi) when the prior's spread is known), and only traced counts differ.
+    spreads = []
+    shifted_logits = _softmax.shifted_logits
+
+    def spy(*args, **kwargs):
+        spreads.append(kwargs.get("bias_spread"))
+        return shifted_logits(*args, **kwargs)
+
+    monkeypatch.setattr(_softmax, "shifted_logits", spy)
+    loss = getattr(jaxloss, f"{name}_loss")
+    logits, labels = jnp.zeros((4, NUM_CLASSES)), jnp.arange(4)
+
+    def program(counts, *args):
+        step = jax.value_and_grad(
+            lambda x, *c: loss(x, labels, class_counts=(c or [counts])[0]).sum()
+        )
+        hlo = jax.jit(step).lower(logits, *args).compile().as_text()
+        # Without the source locations (where the counts were made differs).
+        return re.sub(r", metadata=\{[^}]*\}", "", hlo.split("\nFileNames")[0])
+
+    assert program(jnp.asarray(COUNTS, jnp.float32)) == program(COUNTS.astype(np.float32))
+    if name != "ldam":  # LDAM's margins have no shift to choose
+        assert spreads == [pytest.approx(np.log(50.0))] * 2
+        program(None, jnp.asarray(COUNTS, jnp.float32))
+        assert spreads[-1] is None
