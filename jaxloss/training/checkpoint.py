@@ -7,9 +7,14 @@ name: a checkpoint of another model, or of one whose arrays were renamed or reor
 error naming the paths instead of weights loaded into the wrong slots.
 
 Storage can go bad without Orbax noticing (flipped bytes in its data files restore silently), so
-every checkpoint also holds the SHA-256 of each array's bytes, of its history and of the pipeline
-state, and a restore
-recomputes them. :meth:`Checkpointer.restore` raises :class:`CheckpointError` on a mismatch;
+every checkpoint also holds a checksum of each array and the SHA-256 of its history and of the
+pipeline state, and a restore recomputes them. An array's checksum is computed where its shards
+live: each device sums a 64-bit mix of (global element index, element bits) over the elements it
+holds and the sums are added across devices and processes, so no array is gathered to a host and
+the checksum does not depend on the layout (a 2-process checkpoint restores on 1 process). A
+checkpoint that lacks one of its items (state, best epoch, history, config, pipeline state,
+checksums: an interrupted copy, a deleted directory) cannot be verified and counts as damaged.
+:meth:`Checkpointer.restore` raises :class:`CheckpointError` on a mismatch;
 :meth:`Checkpointer.restore_latest` instead falls back to the newest intact checkpoint and deletes
 the damaged newer ones (the run trains those epochs again).
 
@@ -26,6 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -40,6 +46,12 @@ COSMETIC_CONFIG_FIELDS = frozenset(
 )
 # How many paths an error message lists before it only counts the rest.
 _MAX_LISTED = 5
+# What every checkpoint holds; one without any of them is damaged.
+_ITEMS = ("state", "best", "history", "config", "data", "checksums")
+# Names the array checksum below, so that a checkpoint with other checksums is not called corrupt.
+_SCHEME = "mix64-v1"
+# Two lanes of 32 bits (seeds of the index mix); each element adds mix(bits ^ mix(index + seed)).
+_SEEDS = (0x243F6A88, 0x85A308D3)
 
 
 class CheckpointError(RuntimeError):
@@ -92,23 +104,67 @@ def _absolute(directory: str | os.PathLike) -> epath.Path:
     return epath.Path(os.path.abspath(directory))
 
 
-def _host_value(leaf: Any) -> np.ndarray:
-    """The whole value of ``leaf`` on this host (collective for arrays split across processes)."""
-    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-        if leaf.is_fully_replicated:
-            return np.asarray(leaf.addressable_data(0))
-        return multihost_utils.process_allgather(leaf, tiled=True)
-    return np.asarray(leaf)
+def _mix(x, xp):
+    """MurmurHash3's 32-bit finalizer, elementwise on uint32 (wrapping products)."""
+    x = x ^ (x >> 16)
+    x = x * xp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * xp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def _words(x, xp):
+    """The bits of ``x`` as uint32, one per element (two, on a new last axis, for 64-bit ones)."""
+    if x.dtype == bool:
+        x = x.astype(xp.uint8)
+    unsigned = {1: xp.uint8, 2: xp.uint16, 4: xp.uint32, 8: xp.uint32}[x.dtype.itemsize]
+    if xp is np:
+        bits = np.ascontiguousarray(x).view(unsigned)
+        if x.dtype.itemsize == 8:
+            bits = bits.reshape(*x.shape, 2)
+    else:
+        bits = jax.lax.bitcast_convert_type(x, unsigned)
+    return bits.astype(xp.uint32)
+
+
+def _array_checksum(x, xp) -> Any:
+    """Two uint32 sums of mixed (global index, bits) terms over the elements of ``x``.
+
+    Built from elementwise operations and a sum only, so under ``jit`` each device sums the
+    elements of its shards (broadcast iotas give their global indices, with no reshape that
+    would move data) and XLA adds the devices' sums. ``xp`` is ``jnp`` (device arrays) or ``np``.
+    """
+    words = _words(x, xp)
+    index = xp.zeros(words.shape, xp.uint32)
+    for axis, size in enumerate(words.shape):
+        shape = [1] * words.ndim
+        shape[axis] = size
+        index = index * xp.uint32(size) + xp.arange(size, dtype=xp.uint32).reshape(shape)
+    return xp.stack(
+        [
+            xp.sum(_mix(words ^ _mix(index + xp.uint32(seed), xp), xp), dtype=xp.uint32)
+            for seed in _SEEDS
+        ]
+    )
+
+
+@jax.jit
+def _device_checksums(arrays: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    return {key: _array_checksum(value, jnp) for key, value in arrays.items()}
 
 
 def _checksums(flat: dict[str, Any]) -> dict[str, str]:
-    # Sorted, so that every process gathers the same arrays in the same order.
-    return {
-        key: hashlib.sha256(
-            np.ascontiguousarray(_host_value(flat[key])).reshape(-1).view(np.uint8)
-        ).hexdigest()
-        for key in sorted(flat)
+    """Each array's checksum as 16 hex digits: device arrays' computed where their shards are (a
+    collective: every process calls it with the same arrays), host arrays' on the host."""
+    on_devices = {key: leaf for key, leaf in flat.items() if isinstance(leaf, jax.Array)}
+    sums = {
+        key: np.asarray(value.addressable_data(0))
+        for key, value in _device_checksums(on_devices).items()
     }
+    for key, leaf in flat.items():
+        if key not in sums:
+            sums[key] = _array_checksum(np.asarray(leaf), np)
+    return {key: "".join(f"{int(lane):08x}" for lane in sums[key]) for key in sorted(flat)}
 
 
 def _json_checksum(value: Any) -> str:
@@ -174,7 +230,9 @@ def _check_layout(item: str, saved: Any, target: dict[str, Any], path: str) -> N
 class Checkpointer:
     """Saves one checkpoint per epoch under ``directory`` and restores the latest intact one.
 
-    Saves are synchronous and atomic: a crash during one leaves the previous checkpoints.
+    Saves are asynchronous (Orbax copies the arrays to host memory and writes them in a thread
+    while training goes on) and atomic: a checkpoint counts once its write has finished, so a
+    crash during one leaves the previous checkpoints. :meth:`close` waits for the last write.
 
     Args:
       directory: where checkpoints live (created if needed): a local path or a URL such as
@@ -197,12 +255,13 @@ class Checkpointer:
                 "data": ocp.JsonCheckpointHandler(),
             },
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True
+                max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True
             ),
         )
 
     def latest_epoch(self) -> int | None:
-        """The last epoch with a complete checkpoint, or None."""
+        """The last epoch with a complete checkpoint, or None (waits for a save in flight)."""
+        self._manager.wait_until_finished()
         return self._manager.latest_step()
 
     def save(
@@ -212,10 +271,13 @@ class Checkpointer:
         state: Any,
         best: dict,
         history: list,
-        config: dict | None = None,
-        data: dict | None = None,
+        config: dict,
+        data: dict,
     ) -> None:
-        """Writes the checkpoint of a finished epoch, with the checksums of all it holds.
+        """Starts writing the checkpoint of a finished epoch, with the checksums of all it holds.
+
+        Returns once the arrays are copied to host memory; the files are written in the
+        background (the next save, :meth:`latest_epoch` and :meth:`close` wait for them).
 
         Args:
           epoch: the epoch just finished.
@@ -228,15 +290,19 @@ class Checkpointer:
         """
         flat = {"state": _flatten(state), "best": _flatten(best)}
         checksums = {item: _checksums(arrays) for item, arrays in flat.items()}
-        checksums["history"] = _json_checksum(history)
+        checksums.update(
+            scheme=_SCHEME,
+            history=_json_checksum(history),
+            config=_json_checksum(config),
+            data=_json_checksum(data),
+        )
         items = {item: ocp.args.StandardSave(arrays) for item, arrays in flat.items()}
-        items.update(history=ocp.args.JsonSave(history))
-        if config is not None:
-            items["config"] = ocp.args.JsonSave(config)
-        if data is not None:
-            checksums["data"] = _json_checksum(data)
-            items["data"] = ocp.args.JsonSave(data)
-        items["checksums"] = ocp.args.JsonSave(checksums)
+        items.update(
+            history=ocp.args.JsonSave(history),
+            config=ocp.args.JsonSave(config),
+            data=ocp.args.JsonSave(data),
+            checksums=ocp.args.JsonSave(checksums),
+        )
         self._manager.save(epoch, args=ocp.args.Composite(**items))
 
     def restore(
@@ -248,29 +314,50 @@ class Checkpointer:
           epoch: a saved epoch (see :meth:`latest_epoch`).
           state: a training state of the current config (its values are not used).
           best: a best-epoch record of the current config (its values are not used).
-          config: the current run's config as a JSON-able dict; if given and the checkpoint holds
-            a config, they must agree on all fields but :data:`COSMETIC_CONFIG_FIELDS`.
+          config: the current run's config as a JSON-able dict; if given, the checkpoint's must
+            agree with it on all fields but :data:`COSMETIC_CONFIG_FIELDS`.
 
         Returns:
-          ``(state, best, history, data)`` as saved (``data`` None if the checkpoint has no input
-          pipeline state).
+          ``(state, best, history, data)`` as saved.
 
         Raises:
-          CheckpointError: the checkpoint is unreadable, does not match its checksums, or was
-            written by a different config, model or run layout. The message names the
+          CheckpointError: the checkpoint is unreadable, lacks one of its items, does not match
+            its checksums, or was written by a different config, model or run layout. The message names the
             checkpoint's path and the differing fields or arrays.
         """
+        self._manager.wait_until_finished()  # a save of this epoch may be in flight
         path = str(self._path / str(epoch))
         flat = {"state": _flatten(state), "best": _flatten(best)}
         saved = _read(path, lambda: self._manager.item_metadata(epoch))
-        if config is not None and "config" in saved:
-            saved_config = _read(
-                path,
-                lambda: self._manager.restore(
-                    epoch, args=ocp.args.Composite(config=ocp.args.JsonRestore())
-                )["config"],
+        missing = [item for item in _ITEMS if item not in saved]
+        if missing:
+            raise _DamagedCheckpointError(
+                f"The checkpoint in {path} is damaged: it lacks its {', '.join(missing)} "
+                f"(it holds {', '.join(sorted(saved)) or 'nothing'}), so it cannot be verified. "
+                "Delete it or use a new workdir."
             )
-            changed = config_differences(saved_config, config)
+        head = _read(
+            path,
+            lambda: self._manager.restore(
+                epoch,
+                args=ocp.args.Composite(
+                    config=ocp.args.JsonRestore(), checksums=ocp.args.JsonRestore()
+                ),
+            ),
+        )
+        expected = head["checksums"]
+        if expected.get("scheme") != _SCHEME:
+            raise CheckpointError(
+                f"The checkpoint in {path} was written by an older jaxloss, with other checksums. "
+                "Delete it or use a new workdir."
+            )
+        if _json_checksum(head["config"]) != expected["config"]:
+            raise _DamagedCheckpointError(
+                f"The checkpoint in {path} is corrupt: its config does not match the checksum "
+                "saved with it (damaged storage?). Delete it or use a new workdir."
+            )
+        if config is not None:
+            changed = config_differences(head["config"], config)
             if changed:
                 raise CheckpointError(
                     f"The checkpoint in {path} was written by a run with a different config "
@@ -278,33 +365,30 @@ class Checkpointer:
                     "this config."
                 )
         for item, arrays in flat.items():
-            _check_layout(item, saved[item] if item in saved else None, arrays, path)
+            _check_layout(item, saved[item], arrays, path)
         items = {
             item: ocp.args.StandardRestore(jax.tree.map(_restore_target, arrays))
             for item, arrays in flat.items()
         }
-        if "data" in saved:
-            items["data"] = ocp.args.JsonRestore()
         restored = _read(
             path,
             lambda: self._manager.restore(
                 epoch,
                 args=ocp.args.Composite(
-                    **items, history=ocp.args.JsonRestore(), checksums=ocp.args.JsonRestore()
+                    **items, history=ocp.args.JsonRestore(), data=ocp.args.JsonRestore()
                 ),
             ),
         )
-        expected = restored["checksums"]
         damaged = [
             f"{item} array {key}"
             for item in flat
             for key, checksum in _checksums(restored[item]).items()
             if checksum != expected[item].get(key)
         ]
-        data = restored["data"] if "data" in saved else None
+        data = restored["data"]
         if _json_checksum(restored["history"]) != expected["history"]:
             damaged.append("the history")
-        if data is not None and _json_checksum(data) != expected.get("data"):
+        if _json_checksum(data) != expected["data"]:
             damaged.append("the input pipeline state")
         if damaged:
             raise _DamagedCheckpointError(
@@ -342,6 +426,7 @@ class Checkpointer:
             intact one was written by a different config, model or run layout.
         """
         damaged: list[tuple[int, CheckpointError]] = []
+        self._manager.wait_until_finished()
         for epoch in sorted(self._manager.all_steps(), reverse=True):
             try:
                 restored = self.restore(epoch, state=state, best=best, config=config)
@@ -368,4 +453,5 @@ class Checkpointer:
         return None
 
     def close(self) -> None:
+        """Waits for the last save to finish, then releases the manager."""
         self._manager.close()
