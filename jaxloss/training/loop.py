@@ -41,21 +41,27 @@ __all__ = ["ConfigError", "load_datasets", "train_and_evaluate"]
 SPLITS = ("validation", "test")
 
 
-def load_datasets(config: ml_collections.ConfigDict) -> dict[str, data.Source]:
+def load_datasets(
+    config: ml_collections.ConfigDict, splits: dict[str, data.Source] | None = None
+) -> dict[str, data.Source]:
     """The train, validation and test splits a ``data`` config describes, as random-access
     sources that read their features only when a batch asks for them.
 
-    The long-tail subsampling (``imbalance_factor`` > 1) and the label noise (``label_noise`` > 0)
-    apply to the train split only; validation and test stay as loaded.
+    ``config.name`` is a registered dataset or the path of the user's own data
+    (:func:`jaxloss.data.load_splits`); ``splits`` given from Python (checked by
+    :func:`jaxloss.data.check_splits`) replace what it names. The long-tail subsampling
+    (``imbalance_factor`` > 1) and the label noise (``label_noise`` > 0) apply to the train split
+    only; validation and test stay as loaded.
     """
-    kwargs = {
-        "seed": config.get("split_seed", 0),
-        "data_dir": config.get("data_dir"),
-        **config.get("options", {}),
-    }
-    splits = {
-        split: data.load_source(config.name, split=split, **kwargs) for split in ("train", *SPLITS)
-    }
+    if splits is None:
+        splits = data.load_splits(
+            config.name,
+            seed=config.get("split_seed", 0),
+            data_dir=config.get("data_dir"),
+            **config.get("options", {}),
+        )
+    else:
+        splits = data.check_splits(splits)
     train = splits["train"]
     if config.get("imbalance_factor", 1.0) > 1.0:
         train = data.long_tailed(
@@ -151,14 +157,17 @@ def _check_finite(losses: np.ndarray, *, epoch: int, num_steps: int, checkpoints
         )
 
 
-def _check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
-    """Checks that a resumed run has the config it was started with (``config.json``).
+def _check_config(
+    config: ml_collections.ConfigDict, workdir: epath.Path, data_record: dict
+) -> dict:
+    """Checks that a resumed run has the config it was started with (``config.json``), with
+    ``data_record`` (:func:`jaxloss.data.provenance`: the own data's fingerprint) merged in.
 
     Returns the config as JSON, which the checkpoints hold and check too (deleting config.json
     does not let a run resume under another config).
     """
     path = workdir / "config.json"
-    current = json.loads(config.to_json_best_effort())
+    current = {**json.loads(config.to_json_best_effort()), **data_record}
     if path.exists():
         saved = json.loads(path.read_text())
         changed = config_differences(saved, current)
@@ -214,7 +223,12 @@ def _update_best(best: dict, record: dict, selection: str, *, last: bool = False
     return updated
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    splits: dict[str, data.Source] | None = None,
+) -> dict[str, Any]:
     """Trains a population of models and evaluates them on validation and test every epoch.
 
     The population (:func:`jaxloss.training.train.make_population`) is ``config.num_seeds`` seeds
@@ -231,6 +245,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     Args:
       config: an experiment config (see ``experiments/configs/digits.py`` for every field).
       workdir: the run directory (created if needed).
+      splits: train, validation and test sources to train on instead of ``config.data.name``
+        (e.g. :func:`jaxloss.data.from_arrays`); ``config.json`` then records them and their
+        fingerprint in place of the name.
 
     Returns:
       A dict with
@@ -263,7 +280,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checks.check_fields(config)
         checks.check_workdir(workdir)
         checks.check_layout(config)
-        splits = load_datasets(config.data)
+        given = splits is not None
+        splits = load_datasets(config.data, splits)
+        data_record = data.provenance(config.data, splits, given=given)
         train = splits["train"]
         counts = data.class_counts(train)
         checks.check_data_fit(config, train, np.maximum(counts, 1))
@@ -288,7 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last_epoch_wins = config.get("selection", "best") == "last"
     # One run per workdir: a second one stops here, before it reads or writes anything.
     with workdir_lock(workdir):
-        config_json = _check_config(config, workdir)
+        config_json = _check_config(config, workdir, data_record)
         keys = population.keys()
         state = steps.init(jax.vmap(lambda key: jax.random.fold_in(key, 0))(keys))
         train_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)

@@ -94,6 +94,17 @@ class SmallCNN(nnx.Module):
         return jnp.mean(x, axis=(1, 2))
 
 
+class GreyChannel(nnx.Module):
+    """Gives (N, H, W) images their channel axis, (N, H, W, 1), before an image backbone."""
+
+    def __init__(self, backbone: nnx.Module):
+        self.backbone = backbone
+        self.features = backbone.features
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return self.backbone(x[..., None], train=train)
+
+
 class PreActBlock(nnx.Module):
     """BN-ReLU-Conv3x3-BN-ReLU-Conv3x3 plus a shortcut (a 1x1 projection when the shape changes)."""
 
@@ -198,9 +209,13 @@ def _backbone(config: ml_collections.ConfigDict, input_shape: tuple[int, ...], r
         if name == "linear":
             return Flatten(in_features)
         return MLP(in_features, tuple(config.hidden_sizes), rngs=rngs)
+    if len(input_shape) == 2:
+        # (H, W) grey images without a channel axis (keras' MNIST arrays): one channel.
+        return GreyChannel(_backbone(config, (*input_shape, 1), rngs))
     if len(input_shape) != 3:
         raise ValueError(
-            f"model {name!r} needs images of shape (H, W, C), got input shape {input_shape}."
+            f"model {name!r} needs images of shape (H, W, C) or (H, W), got input shape "
+            f"{input_shape}."
         )
     channels = input_shape[-1]
     if name == "cnn":
