@@ -551,11 +551,14 @@ class ArrayRecordSource(Source):
                 "feature_dtype": (self.feature_dtype.name, schema["feature_dtype"]),
                 "num_classes": (self.num_classes, schema.get("num_classes") or self.num_classes),
             }
-            for key, (given, stored) in expected.items():
-                if given != stored:
-                    raise ValueError(
-                        f"{key}={given} does not match {path}: its {SCHEMA_FILE} says {stored}."
-                    )
+            wrong = [key for key, (given, stored) in expected.items() if given != stored]
+            if wrong:
+                raise ValueError(
+                    ", ".join(f"{key}={expected[key][0]}" for key in wrong)
+                    + f" does not match {path}: its {SCHEMA_FILE} says "
+                    + ", ".join(f"{key}={expected[key][1]}" for key in wrong)
+                    + "."
+                )
             if size != entry["num_examples"]:
                 raise ValueError(
                     f"{path} holds {size} records where its {SCHEMA_FILE} says "
