@@ -1,5 +1,6 @@
 """experiments/compare_benchmarks.py flags regressions between two benchmark runs (no timing);
-experiments/benchmark_losses.py --scaling reports every loss's growth in the number of classes."""
+experiments/benchmark_losses.py --scaling reports every loss's growth in the number of classes;
+experiments/benchmark_references.py times the references beside jaxloss."""
 
 import doctest
 import importlib.util
@@ -150,3 +151,36 @@ def test_scaling_times_every_registered_loss_and_fits_exponents(tmp_path):
         assert cells[1:3] == [f"{small['ratio']:.2f}x", f"{large['ratio']:.2f}x"]
         assert cells[5:7] == [f"{slope:.2f}", f"{beyond:.2f}"]
         assert ("time" in cells[8]) == (slope > 1.1) and ("vs CE" in cells[8]) == (beyond > 0.1)
+
+
+def test_references_run_beside_jaxloss_at_a_tiny_shape(tmp_path):
+    """Each reference that imports gets its rows (interleaved times, ratios); one that does not
+    is named with the reason. Skipped without torch (the `benchmark` extra)."""
+    pytest.importorskip("torch")
+    out = tmp_path / "references.json"
+    result = run_script(
+        "benchmark_references.py",
+        "--shape=6,12",
+        "--rounds=2",
+        "--repeats=1",
+        f"--json={out}",
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads(out.read_text()) if out.exists() else []
+    ran = {row["reference"] for row in rows}
+    for name in ("smooth_topk", "exact", "pytopk"):
+        assert (name in ran) != (f"{name}: not run (" in result.stdout), name
+    if importlib.util.find_spec("pytopk") is not None:
+        assert sorted(r["setting"] for r in rows if r["reference"] == "pytopk") == [
+            "k = 5, 10 samples",
+            "k = 5, 100 samples",
+        ]
+    for row in rows:
+        assert (row["batch"], row["classes"]) == (6, 12)
+        assert len(row["jaxloss_rounds_ms"]) == len(row["reference_rounds_ms"]) == 2
+        assert row["speedup"] == pytest.approx(row["reference_ms"] / row["jaxloss_ms"])
+        assert row["vs_cross_entropy"] == pytest.approx(row["jaxloss_ms"] / row["cross_entropy_ms"])
+        if row["reference"] == "smooth_topk":  # deterministic: the two losses agree
+            assert row["value_diff"] < 1e-5
+        assert f"| {row['batch']} × {row['classes']} |" in result.stdout
