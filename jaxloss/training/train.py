@@ -433,7 +433,8 @@ def make_steps(
         )
 
         def objective(params):
-            model = nnx.merge(graphdef, params, state["rest"])
+            # Fresh Variables at this trace level: BatchNorm updates its statistics in place.
+            model = nnx.merge(graphdef, params, state["rest"], copy=True)
             logits = model(features, train=True)
             loss = jnp.mean(loss_fn(logits, labels, key=loss_key))
             _, _, rest = nnx.split(model, nnx.Param, ...)

@@ -170,8 +170,7 @@ def test_grey_images_without_channel_train_and_image_models_take_them(files, tmp
     )
     result = train_and_evaluate(_config(path), str(tmp_path / "run"))  # the MLP flattens
     assert np.all(np.isfinite(result["best"]["test/nll"]))
-    # An image model is one config field; (H, W) images get their channel axis: the same
-    # network as on (H, W, 1).
+    # Image models take (H, W) images with a channel axis added: the same network as on (H, W, 1).
     config = _config(path).model
     config.name = "cnn"
     x = arrays["x_test"][:4].astype(np.float32)
@@ -180,6 +179,15 @@ def test_grey_images_without_channel_train_and_image_models_take_them(files, tmp
     np.testing.assert_allclose(
         grey(x[..., 0], train=False), with_channel(x, train=False), rtol=1e-6, atol=1e-6
     )
+
+
+@pytest.mark.slow  # ~25 s: compiling the CNN's train step
+def test_an_image_model_is_one_config_field(files, tmp_path):
+    paths, _ = files
+    config = _config(paths["image_folder"])
+    config.model.name = "cnn"  # BatchNorm statistics update inside the compiled step
+    result = train_and_evaluate(config, str(tmp_path))
+    assert np.all(np.isfinite(result["best"]["test/nll"]))
 
 
 def test_resume_refuses_changed_data(files, tmp_path):
