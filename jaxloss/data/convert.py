@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = convert(args.source, args.destination, chunk_size=args.chunk_size)
     except ValueError as error:
-        print(f"FATAL: {error}", file=sys.stderr)
+        print(f"FATAL {error}", file=sys.stderr)
         return 1
     sizes = ", ".join(f"{split} {n}" for split, n in written.items())
     print(f"wrote {args.destination} ({sizes} examples)")
