@@ -4,28 +4,30 @@ r"""Trains and evaluates one loss on one setup.
         [--config.num_seeds=5 --config.loss.hyperparameters.sample_size=32 ...]
 
 The config file picks the setup (see ``experiments/configs``) and the text after ``:`` the loss, with
-its default hyperparameters and the head and optimizer pieces it is designed for (set them through
-``:<loss>``, not ``--config.loss.name``, which would change the name alone). ``--config.<field>=<value>``
-overrides any field. At the end it prints the reported epoch's validation and test metrics per seed
-and their mean ± std, also written to ``<workdir>/results.json``. Running again with the same workdir
-resumes from its latest checkpoint (or, for a finished run, prints the same summary).
+its default hyperparameters and the head and optimizer pieces it is designed for
+(``--config.loss.name=<loss>`` is read as ``:<loss>``). ``--config.<field>=<value>`` overrides any
+field. Every value is checked before anything is written: a mistake ends the run with one ``FATAL``
+line (and at most one hint line) naming the flag or field, the value and what is allowed. At the
+end it prints the reported epoch's validation and test metrics per seed and their mean ± std, also
+written to ``<workdir>/results.json``. Running again with the same workdir resumes from its latest
+checkpoint (or, for a finished run, prints the same summary); a second run started while one holds
+the workdir stops at once, naming the first (``<workdir>/run.lock``).
 
 Many processes (GPU hosts, TPU pods) run the same command with JAX's runtime: ``--distributed`` (JAX
 detects SLURM, Cloud TPU, Open MPI) or ``--coordinator_address=HOST:PORT --num_processes=N
 --process_id=I``. The workdir must be storage every process shares; process 0 writes the logs.
 """
 
+import os
+
 import cli
 from absl import app, flags
-from ml_collections import config_flags
 
 from jaxloss.training import train_and_evaluate
 from jaxloss.training.summary import format_summary
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and config.")
-config_flags.DEFINE_config_file(
-    "config", "experiments/configs/digits.py", "Experiment config file.", lock_config=True
-)
+cli.define_config_file("config", os.path.join(cli.CONFIGS, "digits.py"), "Experiment config file.")
 flags.mark_flags_as_required(["workdir"])
 
 

@@ -3,17 +3,20 @@ the field, the value and what is allowed, and a workdir that nothing was written
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 from jaxloss.training import ConfigError, train_and_evaluate
 from jaxloss.training.checks import check_layout
-from jaxloss.training.lock import LOCK_NAME, WorkdirInUseError, workdir_lock
+from jaxloss.training.lock import LOCK_NAME, WorkdirInUseError
 from tests.training.tiny import tiny_config
 
 
@@ -144,11 +147,22 @@ def test_workdir_that_is_a_file_under_a_file_or_read_only_is_refused(tmp_path):
 def test_a_second_run_in_a_workdir_stops_naming_the_first_and_a_stale_lock_is_taken_over(
     tmp_path,
 ):
-    # The first run holds the workdir in this process...
-    with workdir_lock(tmp_path):
-        with pytest.raises(WorkdirInUseError, match=f"process {os.getpid()} on"):
-            train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))
+    # A first run trains in this process (another thread)...
+    first = concurrent.futures.ThreadPoolExecutor(1).submit(
+        train_and_evaluate,
+        tiny_config(num_epochs=5, checkpoint_every_epochs=0, tensorboard=False),
+        str(tmp_path),
+    )
+    while not os.path.exists(tmp_path / LOCK_NAME) and not first.done():
+        time.sleep(0.01)
+    with pytest.raises(WorkdirInUseError, match=f"in use by process {os.getpid()} on "):
+        train_and_evaluate(tiny_config("label_relaxation", num_epochs=1), str(tmp_path))
+    assert not first.done(), "the first run ended before the second started: lengthen it"
+    assert len(first.result()["history"]) == 5
+    assert json.load(open(tmp_path / "config.json"))["loss"]["name"] == "cross_entropy"
     assert not os.path.exists(tmp_path / LOCK_NAME)
+    shutil.rmtree(tmp_path)
+    tmp_path.mkdir()
     # ... or in another live process on this host.
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     lock = {"pid": sleeper.pid, "host": socket.gethostname(), "started": "earlier"}
