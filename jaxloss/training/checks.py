@@ -29,6 +29,7 @@ __all__ = [
     "check_layout",
     "check_workdir",
     "did_you_mean",
+    "learning_rate_problem",
 ]
 
 # jax.random.key takes a 32-bit seed; member i of a run uses seed + i.
