@@ -12,7 +12,7 @@ from jaxloss.data._embedded import EMBEDDED_DATASETS, SPLITS, load_embedded
 from jaxloss.data._own import fingerprint, open_path
 from jaxloss.data._sources import InMemorySource, Source
 from jaxloss.data._synthetic import SYNTHETIC_DATASETS, teacher_dataset
-from jaxloss.data._tfds import TFDS_DATASETS, load_tfds, tfds_source
+from jaxloss.data._tfds import TFDS_DATASETS, tfds_source
 
 __all__ = ["available_datasets", "load", "load_source", "load_splits", "provenance"]
 
@@ -51,10 +51,13 @@ def load(
     ``normalize``, standardized with fixed per-channel constants.
 
     ``teacher`` is a synthetic problem with any number of classes (:func:`teacher_dataset`; its
-    sizes come in ``options``).
+    sizes come in ``options``). A path is the user's own data (:func:`open_path`).
+
+    The split is :func:`load_source`'s, materialized (:meth:`Source.materialize`): one data model,
+    whole in memory here, streamed in training.
 
     Args:
-      name: one of :func:`available_datasets`.
+      name: one of :func:`available_datasets`, or a path.
       split: "train", "validation" or "test".
       seed: seed of the train/validation(/test) split.
       data_dir: tfds data directory (None: tfds' default); ignored by embedded datasets.
@@ -70,17 +73,9 @@ def load(
       >>> ds.features.shape, ds.num_classes
       ((1078, 8, 8, 1), 10)
     """
-    name, split, seed = _check(name, split, seed, options)
-    if name not in available_datasets():
-        raise ValueError(
-            f"load reads the registered datasets; open your own data {name!r} with load_source or "
-            "load_splits."
-        )
-    if name in SYNTHETIC_DATASETS:
-        return teacher_dataset(split, seed=seed, **options)
-    if name in EMBEDDED_DATASETS:
-        return load_embedded(name, split=split, seed=seed)
-    return load_tfds(name, split=split, seed=seed, data_dir=data_dir, normalize=normalize)
+    return load_source(
+        name, split=split, seed=seed, data_dir=data_dir, normalize=normalize, **options
+    ).materialize()
 
 
 def _check(name: str, split: str, seed: int, options: dict) -> tuple[str, str, int]:

@@ -68,12 +68,14 @@ class Normalization:
             raise ValueError("mean and std must both be given or both be None.")
 
     def __call__(self, features) -> jnp.ndarray:
-        """``features`` (any shape, channels last) as standardized float32; jittable."""
-        x = jnp.asarray(features).astype(jnp.float32)
+        """``features`` (any shape, channels last) as standardized float32; jittable. A NumPy
+        array is normalized on the host with the same float32 arithmetic (and stays NumPy)."""
+        xp = np if isinstance(features, np.ndarray) else jnp
+        x = xp.asarray(features).astype(xp.float32)
         if self.divisor != 1.0:
-            x = x / jnp.float32(self.divisor)
+            x = x / xp.float32(self.divisor)
         if self.mean is not None:
-            x = (x - jnp.asarray(self.mean, jnp.float32)) / jnp.asarray(self.std, jnp.float32)
+            x = (x - xp.asarray(self.mean, xp.float32)) / xp.asarray(self.std, xp.float32)
         return x
 
 
@@ -145,6 +147,26 @@ class Source(abc.ABC):
             "features": np.asarray(batch["features"], self.feature_dtype),
             "labels": np.asarray(batch["labels"], np.int32),
         }
+
+    def materialize(self) -> Dataset:
+        """Every example in host memory, normalized there as :attr:`normalization` would on device:
+        the :class:`Dataset` that :func:`jaxloss.data.load` returns.
+
+        Example:
+          >>> source = ArraySource(np.array([[0], [255]], np.uint8), [0, 1], num_classes=2,
+          ...                      normalization=Normalization(255.0))
+          >>> source.materialize().features.ravel().tolist()
+          [0.0, 1.0]
+        """
+        batch = self.read(np.arange(len(self)))
+        return Dataset(
+            self.normalization(batch["features"]),
+            batch["labels"],
+            self.num_classes,
+            self.class_names,
+            self.name,
+            self.metadata,
+        )
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         """One record, ``{"features": feature_shape array, "labels": int32 scalar}``."""

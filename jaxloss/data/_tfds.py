@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from jaxloss.data._constants import IMAGE_STATS
-from jaxloss.data._dataset import Dataset
 from jaxloss.data._sources import Normalization, Source, TfdsSource, view
 
-__all__ = ["TFDS_DATASETS", "load_tfds", "tfds_source"]
+__all__ = ["TFDS_DATASETS", "tfds_source"]
 
 TFDS_DATASETS = tuple(IMAGE_STATS)
 # Share of the official train split held out as the validation split (45k/5k on CIFAR, as in the
@@ -47,19 +44,6 @@ def _open(name: str, tfds_split: str, data_dir: str | None):
     return source, info
 
 
-@functools.lru_cache(maxsize=4)
-def _read(name: str, tfds_split: str, data_dir: str | None):
-    """All images (uint8 NHWC), labels and class names of one official split."""
-    source, info = _open(name, tfds_split, data_dir)
-    # One record at a time: tfds' mock data source does not implement batched __getitems__.
-    records = [source[i] for i in range(len(source))]
-    shape = info.features["image"].shape
-    images = np.stack([r["image"] for r in records]) if records else np.zeros((0, *shape), np.uint8)
-    labels = np.asarray([r["label"] for r in records], dtype=np.int32)
-    label = info.features["label"]
-    return images, labels, tuple(str(n) for n in label.names)
-
-
 def _split_indices(num_examples: int, split: str, seed: int) -> np.ndarray:
     """Sorted indices of "train" or "validation" (a seeded 10 %) in the official train split."""
     perm = np.random.default_rng(seed).permutation(num_examples)
@@ -67,27 +51,13 @@ def _split_indices(num_examples: int, split: str, seed: int) -> np.ndarray:
     return np.sort(perm[:n_val] if split == "validation" else perm[n_val:])
 
 
-def load_tfds(
-    name: str, *, split: str, seed: int, data_dir: str | None, normalize: bool
-) -> Dataset:
-    """Loads one split; "validation" is a seeded 10 % of the official train split."""
-    images, labels, names = _read(name, "test" if split == "test" else "train", data_dir)
-    if split != "test":
-        idx = _split_indices(len(labels), split, seed)
-        images, labels = images[idx], labels[idx]
-    features = images.astype(np.float32) / 255.0
-    metadata = {"seed": seed}
-    if normalize:
-        mean, std = IMAGE_STATS[name]
-        features = (features - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-        metadata.update(normalize_mean=mean, normalize_std=std)
-    return Dataset(features, labels, len(names), names, f"{name}/{split}", metadata)
-
-
 def tfds_source(
     name: str, *, split: str, seed: int, data_dir: str | None, normalize: bool
 ) -> Source:
-    """The split :func:`load_tfds` loads, as a uint8 :class:`Source` read on demand."""
+    """One split as a uint8 :class:`Source` read on demand: "test" is the official test split,
+    "validation" a seeded 10 % of the official train split and "train" the rest; the
+    ``normalization`` scales to [0, 1] and, when ``normalize``, standardizes with the dataset's
+    per-channel constants."""
     source, info = _open(name, "test" if split == "test" else "train", data_dir)
     mean, std = IMAGE_STATS[name] if normalize else (None, None)
     metadata = {"seed": seed}

@@ -6,7 +6,6 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from jaxloss import data  # noqa: E402
-from jaxloss.data import _tfds  # noqa: E402
 
 EXPECTED = {
     "mnist": ((28, 28, 1), 10),
@@ -15,14 +14,6 @@ EXPECTED = {
     "cifar100": ((32, 32, 3), 100),
     "svhn_cropped": ((32, 32, 3), 10),
 }
-
-
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    # Decoded splits are cached per (name, split, data_dir); mocks must not leak between tests.
-    _tfds._read.cache_clear()
-    yield
-    _tfds._read.cache_clear()
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
