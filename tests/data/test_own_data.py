@@ -5,6 +5,7 @@ before the workdir gets any file."""
 import hashlib
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -311,3 +312,27 @@ def test_bad_splits_from_python_are_refused(files):
         data.from_arrays(
             arrays["x_train"], arrays["y_train"], arrays["x_test"], np.r_[5, arrays["y_test"][1:]]
         )
+
+
+def test_load_materializes_load_source_for_paths_and_registered_names(files):
+    paths, arrays = files
+    test = data.load(paths["npz"], split="test")
+    normalization = data.load_source(paths["npz"], split="test").normalization
+    scaled = arrays["x_test"].astype(np.float64) / 255.0
+    want = (scaled - normalization.mean[0]) / normalization.std[0]
+    np.testing.assert_allclose(test.features, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(test.labels, arrays["y_test"])
+    assert test.class_names == CLASSES and test.name == "digits3/test"
+    digits = data.load_source("digits", split="validation", seed=2)
+    np.testing.assert_array_equal(
+        data.load("digits", split="validation", seed=2).features,
+        digits.read(np.arange(len(digits)))["features"],
+    )
+
+
+def test_normalization_on_the_host_matches_the_device():
+    x = np.random.default_rng(0).integers(0, 256, (16, 4, 4, 3), dtype=np.uint8)
+    norm = data.Normalization(255.0, mean=(0.1, 0.5, 0.9), std=(0.2, 0.3, 0.4))
+    host = norm(x)
+    assert isinstance(host, np.ndarray) and host.dtype == np.float32
+    np.testing.assert_allclose(host, np.asarray(norm(jnp.asarray(x))), rtol=1e-6, atol=1e-6)
