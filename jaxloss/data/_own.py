@@ -65,7 +65,7 @@ def _feature_array(x, key: str, origin: str) -> np.ndarray:
 
 def _from_arrays(arrays: Mapping, *, class_names, name: str, origin: str) -> dict[str, Source]:
     """The splits present in ``arrays`` (keras' keys) as sources, before any validation split is
-    carved; ``origin`` (" of <file>" or "") goes into every message."""
+    carved; ``origin`` (" in <file>" or "") goes into every message."""
     unknown = sorted(
         set(arrays) - {k for keys in _NPZ_KEYS.values() for k in keys} - {"class_names"}
     )
