@@ -18,7 +18,7 @@ from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 import jaxloss
-from jaxloss.training import CheckpointError, ConfigError, checks
+from jaxloss.training import CheckpointError, ConfigError, checks, distributed
 from jaxloss.training.lock import WorkdirInUseError
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -36,6 +36,24 @@ _DISTRIBUTED = flags.DEFINE_bool(
     False,
     "Start JAX's multi-process runtime with no arguments: JAX detects the cluster (SLURM, Cloud "
     "TPU, Open MPI).",
+)
+_INITIALIZATION_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout",
+    distributed.INITIALIZATION_TIMEOUT,
+    "Seconds for every process of a multi-process run to connect to the coordinator; past them "
+    "each process stops with one line saying what to check (address, port, process ids).",
+)
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout",
+    distributed.HEARTBEAT_TIMEOUT,
+    "Seconds after which a process that stopped sending heartbeats (killed, crashed, host lost) "
+    "stops every process of a multi-process run, each naming it.",
+)
+_STALL_TIMEOUT = flags.DEFINE_integer(
+    "stall_timeout",
+    distributed.STALL_TIMEOUT,
+    "Seconds that every process of a multi-process run may wait without computing in one place "
+    "before the run counts as hung: each process prints where it waits and stops.",
 )
 
 
@@ -242,17 +260,28 @@ def quiet_library_logs() -> None:
 
 
 def start_distributed() -> None:
-    """``jax.distributed.initialize`` as the flags ask, before anything else uses JAX."""
-    if _COORDINATOR.value is not None:
-        if _NUM_PROCESSES.value is None or _PROCESS_ID.value is None:
-            raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
-        jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value,
-            num_processes=_NUM_PROCESSES.value,
-            process_id=_PROCESS_ID.value,
+    """Starts JAX's multi-process runtime as the flags ask (:func:`jaxloss.training.distributed.
+    initialize`), before anything else uses JAX; a launch mistake ends the process with one
+    ``FATAL`` line."""
+    if _COORDINATOR.value is None and not _DISTRIBUTED.value:
+        return
+    if _COORDINATOR.value is not None and (
+        _NUM_PROCESSES.value is None or _PROCESS_ID.value is None
+    ):
+        raise app.UsageError("--coordinator_address needs --num_processes and --process_id.")
+    try:
+        distributed.initialize(
+            _COORDINATOR.value,
+            _NUM_PROCESSES.value,
+            _PROCESS_ID.value,
+            initialization_timeout=_INITIALIZATION_TIMEOUT.value,
+            heartbeat_timeout=_HEARTBEAT_TIMEOUT.value,
+            stall_timeout=_STALL_TIMEOUT.value,
+            show_gloo=logging.level_debug(),
         )
-    elif _DISTRIBUTED.value:
-        jax.distributed.initialize()
+    except distributed.LaunchError as error:
+        print(f"FATAL {error}", file=sys.stderr)
+        sys.exit(1)
 
 
 def is_reporting_process() -> bool:

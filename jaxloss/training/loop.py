@@ -21,7 +21,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from jaxloss import data
-from jaxloss.training import checks, logs
+from jaxloss.training import checks, distributed, logs
 from jaxloss.training.checkpoint import Checkpointer, CheckpointError, config_differences
 from jaxloss.training.checks import ConfigError
 from jaxloss.training.lock import workdir_lock
@@ -283,6 +283,8 @@ def train_and_evaluate(
         given = splits is not None
         splits = load_datasets(config.data, splits)
         data_record = data.provenance(config.data, splits, given=given)
+        # Every process must run this config on this data (a collective; no-op on one process).
+        distributed.check_same_config({**json.loads(config.to_json_best_effort()), **data_record})
         train = splits["train"]
         counts = data.class_counts(train)
         checks.check_data_fit(config, train, np.maximum(counts, 1))

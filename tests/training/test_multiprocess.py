@@ -47,44 +47,72 @@ def _env(devices: int) -> dict:
 
 
 def _command(workdir, *extra) -> list[str]:
-    # JAX catches SIGTERM: `timeout -k` follows up with SIGKILL.
-    return [
-        "timeout",
-        "-k",
-        "10",
-        "300",
-        sys.executable,
-        MAIN,
-        f"--workdir={workdir}",
-        *FLAGS,
-        *extra,
-    ]
+    return [sys.executable, MAIN, f"--workdir={workdir}", *FLAGS, *extra]
 
 
-def _start_pair(workdir) -> list[subprocess.Popen]:
+def _start(command, devices: int = 2) -> subprocess.Popen:
+    # A session of its own: os.killpg signals the Python process itself (and anything it started).
+    return subprocess.Popen(
+        command,
+        env=_env(devices),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """SIGKILLs ``process``'s group and checks that the process is gone."""
+    os.killpg(process.pid, signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL
+    with pytest.raises(ProcessLookupError):
+        os.kill(process.pid, 0)  # reaped: no such process any more
+
+
+def _start_pair(workdir, *extra, flags=((), ())) -> list[subprocess.Popen]:
     port = _free_port()
     return [
-        subprocess.Popen(
+        _start(
             _command(
                 workdir,
                 f"--coordinator_address=127.0.0.1:{port}",
                 "--num_processes=2",
                 f"--process_id={i}",
-            ),
-            env=_env(2),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+                *extra,
+                *flags[i],
+            )
         )
         for i in range(2)
     ]
 
 
+def _outputs(processes, timeout: float = 300) -> list[tuple[str, str]]:
+    """Every process's (stdout, stderr); a process still running after ``timeout`` s is killed
+    (its group) and fails the test."""
+    deadline = time.monotonic() + timeout
+    try:
+        return [p.communicate(timeout=max(1, deadline - time.monotonic())) for p in processes]
+    except subprocess.TimeoutExpired:
+        for p in processes:
+            if p.poll() is None:
+                _kill(p)
+        raise
+
+
 def _finish(processes) -> list[str]:
-    outputs = [p.communicate(timeout=330) for p in processes]
+    outputs = _outputs(processes)
     for p, (_, err) in zip(processes, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
     return [out for out, _ in outputs]
+
+
+def _one_fatal_line(err: str) -> str:
+    """The one ``FATAL`` line of a process that stopped, which printed no traceback."""
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("FATAL")]
+    assert len(lines) == 1, err[-3000:]
+    return lines[0]
 
 
 def _metrics(workdir) -> list[dict]:
@@ -105,12 +133,13 @@ def _assert_close(got: dict, want: dict):
 
 def test_two_processes_equal_one_process_with_four_devices_and_resume_after_sigkill(tmp_path):
     one = tmp_path / "one_process"
-    subprocess.run(_command(one), env=_env(4), check=True, capture_output=True, timeout=330)
+    _finish([_start(_command(one), devices=4)])
 
     two = tmp_path / "two_processes"
     stdouts = _finish(_start_pair(two))
-    # Process 0 prints the summary and writes the logs, once.
+    # Process 0 prints the summary and writes the logs, once; Gloo's connection lines are gone.
     assert "mean ± std" in stdouts[0] and "mean ± std" not in stdouts[1]
+    assert "[Gloo]" not in stdouts[0] + stdouts[1]
     records = _metrics(two)
     assert [r["epoch"] for r in records] == list(range(NUM_EPOCHS))
     assert len(os.listdir(two / "tensorboard")) == 1
@@ -127,8 +156,113 @@ def test_two_processes_equal_one_process_with_four_devices_and_resume_after_sigk
     while not (log.exists() and log.read_text().count("\n") >= 1) and time.monotonic() < deadline:
         time.sleep(0.05)
     for p in processes:
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+        _kill(p)
     _finish(_start_pair(killed))
     assert [r["epoch"] for r in _metrics(killed)] == list(range(NUM_EPOCHS))
     _assert_close(_results(killed), _results(two))
+
+
+def test_processes_with_different_configs_stop_before_writing_naming_the_fields(tmp_path):
+    workdir = tmp_path / "run"
+    processes = _start_pair(
+        workdir, flags=((), ("--config.optimizer.learning_rate=0.5", "--config.seed=3"))
+    )
+    start = time.monotonic()
+    outputs = _outputs(processes, timeout=120)
+    assert time.monotonic() - start < 60
+    for p, (_, err) in zip(processes, outputs, strict=True):
+        assert p.returncode == 1
+        assert "started with different configs" in _one_fatal_line(err)
+    # Process 0 names each differing field on a line of its own.
+    err = outputs[0][1]
+    assert "\n  optimizer.learning_rate: 0.05 on process 0, 0.5 on process 1\n" in err
+    assert "\n  seed: 0 on process 0, 3 on process 1" in err
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize("case", ["process_id", "num_processes", "port_in_use", "wrong_port"])
+def test_launch_mistakes_end_every_process_quickly_with_one_line(tmp_path, case):
+    port = _free_port()
+    flags = [
+        [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"]
+        for i in range(2)
+    ]
+    expected = {  # what each process's FATAL line says
+        "process_id": ["did not all connect", "--process_id must be in [0, 1]"],
+        "num_processes": [
+            "process 1 ended while process 0 waits for it",
+            "--num_processes=3, but the coordinator at 127.0.0.1",
+        ],
+        "port_in_use": ["is in use on this host", "did not all connect"],
+        "wrong_port": ["did not all connect", "did not all connect"],
+    }[case]
+    held = None
+    if case == "process_id":
+        flags[1][2] = "--process_id=2"
+    elif case == "num_processes":
+        flags[1][1] = "--num_processes=3"
+    elif case == "port_in_use":
+        held = socket.create_server(("", port))
+    else:
+        flags[1][0] = f"--coordinator_address=127.0.0.1:{_free_port()}"
+    timeouts = ["--initialization_timeout=8", "--heartbeat_timeout=3"]
+    try:
+        start = time.monotonic()
+        processes = [_start(_command(tmp_path, *timeouts, *flags[i])) for i in range(2)]
+        outputs = _outputs(processes, timeout=90)
+        elapsed = time.monotonic() - start
+    finally:
+        if held is not None:
+            held.close()
+    assert elapsed < 45  # the 8 s start-up timeout, plus two interpreters starting on 2 cores
+    for i, (p, (_, err)) in enumerate(zip(processes, outputs, strict=True)):
+        assert p.returncode == 1, err[-3000:]
+        assert expected[i] in _one_fatal_line(err), err[-3000:]
+
+
+def test_a_killed_process_stops_the_others_naming_it(tmp_path):
+    workdir = tmp_path / "run"
+    processes = _start_pair(workdir, "--config.num_epochs=1000", "--heartbeat_timeout=3")
+    log = workdir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and log.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert log.exists(), "the run never logged an epoch"
+    _kill(processes[1])
+    killed = time.monotonic()
+    ((_, err),) = _outputs(processes[:1], timeout=60)
+    assert time.monotonic() - killed < 20
+    assert processes[0].returncode == 1
+    assert "process 1 stopped sending heartbeats" in _one_fatal_line(err)
+
+
+_HANG = """
+import sys, time
+from jax.experimental import multihost_utils
+from jaxloss.training import distributed
+
+process_id, port = int(sys.argv[1]), sys.argv[2]
+distributed.initialize(f"127.0.0.1:{port}", 2, process_id, heartbeat_timeout=2, stall_timeout=3)
+if process_id == 0:
+    multihost_utils.sync_global_devices("a collective that process 1 skips")
+else:
+    time.sleep(300)
+"""
+
+
+def test_a_hang_is_reported_with_where_each_process_waits(tmp_path):
+    script = tmp_path / "hang.py"
+    script.write_text(_HANG)
+    port = _free_port()
+    processes = [_start([sys.executable, str(script), str(i), str(port)]) for i in range(2)]
+    start = time.monotonic()
+    outputs = _outputs(processes, timeout=90)
+    assert time.monotonic() - start < 45
+    for p, (_, err) in zip(processes, outputs, strict=True):
+        assert p.returncode == 1, err[-3000:]
+        # The FATAL line, then the process's own stack for the record.
+        line = _one_fatal_line(err)
+        assert "every process has waited without computing for over 3 s" in line
+        assert "process 1 at hang.py:11 (<module>)" in line
+        assert "process 0 at " in line
+    assert "sync_global_devices" in outputs[0][1]
