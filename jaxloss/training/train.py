@@ -69,7 +69,7 @@ def _learning_rate(
     """An optax schedule of the global step, from an epoch-based description.
 
     ``learning_rate`` may be a traced scalar (one value per member of a population): every
-    schedule here is written in ``jax.numpy`` of it, so member i equals a run configured with it.
+    schedule here is optax's or ``jax.numpy`` of it, so member i equals a run configured with it.
     """
     lr = learning_rate
     name = config.get("schedule", "constant")
@@ -86,14 +86,11 @@ def _learning_rate(
             )(step)
         )
     if name == "cosine":
-        # optax.cosine_decay_schedule(lr, total, alpha=final / lr), written for a traced lr.
-        def cosine(step):
-            progress = jnp.minimum(step, total) / total
-            return final + (lr - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-
-        return cosine
+        return optax.cosine_decay_schedule(lr, total, alpha=final / lr)
     if name == "exponential":
         # Geometric per epoch, reaching final_learning_rate in the last epoch (EXACT's recipe).
+        # Not optax.exponential_decay: it branches in Python on its decay rate, which depends on
+        # a traced learning rate here.
         rate = (final / lr) ** (1.0 / max(num_epochs - 1, 1))
         return lambda step: lr * rate ** (step // steps_per_epoch)
     raise ValueError(f"Unknown schedule {name!r}. Available schedules: {', '.join(SCHEDULES)}.")

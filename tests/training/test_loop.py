@@ -150,7 +150,7 @@ def test_population_fields_that_cannot_vary_in_one_step_are_refused(tmp_path):
         train_and_evaluate(config, str(tmp_path / "b"))
 
 
-def test_schedules_of_a_traced_learning_rate_equal_optax_schedules():
+def test_schedules_of_traced_learning_rates_equal_optax_schedules_under_jit_and_vmap():
     import ml_collections
     import optax
 
@@ -170,6 +170,12 @@ def test_schedules_of_a_traced_learning_rate_equal_optax_schedules():
         traced = jax.jit(lambda lr, step: _learning_rate(config, 10, 5, lr)(step))
         got = [float(traced(np.float32(0.2), step)) for step in steps]
         np.testing.assert_allclose(got, [float(want(step)) for step in steps], rtol=1e-5)
+    # A population's rates, vmapped under jit: each member follows optax's schedule of its rate.
+    config.schedule = "cosine"
+    rates = np.float32([0.2, 0.05, 1.0])
+    members = jax.jit(jax.vmap(lambda lr: jax.vmap(_learning_rate(config, 10, 5, lr))(steps)))
+    want = [optax.cosine_decay_schedule(lr, 50, alpha=1e-3 / lr)(steps) for lr in rates]
+    np.testing.assert_allclose(members(rates), np.stack(want), rtol=1e-5)
 
 
 def test_four_devices_give_the_metrics_of_one(reference):
