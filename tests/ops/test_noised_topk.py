@@ -274,7 +274,43 @@ def test_selection_by_groups_is_the_plain_selection(monkeypatch):
 
     grouped = run()
     monkeypatch.setattr(_noised_topk, "_grouping", lambda local_size, k: None)
+    monkeypatch.setattr(_noised_topk, "_PASSES", 0)
+    jax.clear_caches()  # the op's jitted core would reuse its trace
     chex.assert_trees_all_equal(grouped, run())
+
+
+@pytest.mark.parametrize(
+    ("classes", "k"),
+    [(10, 3), (10, 8), (100, 6), (101, 2)],  # direct; smallest side; by groups of 4; padded
+)
+def test_selection_by_passes_is_lax_top_k(classes, k, monkeypatch):
+    # The passes over the classes (whole rows, small k) pick the k-th entry that lax.top_k picks:
+    # ties to the lowest index, -inf, NaN and masked entries, key draws and injected noise.
+    x = testing.random_logits(25, (6, classes), dtype=np.float32)
+    x[0, ::2] = x[0, 1]
+    x[1, : classes - 2] = -np.inf
+    x[2, 3] = np.nan
+    x[3, 1::3] = 0.0
+    x[3, ::3] = -0.0
+    where = np.random.default_rng(26).random((6, classes)) > 0.2
+    noise = np.random.default_rng(27).standard_normal((6, classes, 3)).astype(np.float32)
+    noise[0] = 0.0  # row 0 keeps its ties
+
+    def run():
+        def total(x, epsilon, draws):
+            out = noised_topk(x, k=k, epsilon=epsilon, sample_size=3, noise=draws, where=where)
+            keyed = noised_topk(x, k=k, epsilon=epsilon, sample_size=4, key=jax.random.key(3))
+            both = jnp.stack([out, keyed])
+            return jnp.sum(jnp.where(jnp.isfinite(both), both, 0.0)), both
+
+        step = jax.value_and_grad(total, argnums=(0, 1, 2), has_aux=True)
+        return jax.jit(step)(x, 0.7, noise)
+
+    jax.clear_caches()  # traces made under another setting would be reused
+    passes = run()
+    monkeypatch.setattr(_noised_topk, "_PASSES", 0)
+    jax.clear_caches()
+    chex.assert_trees_all_equal(passes, run())
 
 
 def test_where_excludes_entries():
