@@ -33,6 +33,7 @@ from jaxloss.data._sources import ArraySource as ArraySource
 from jaxloss.data._sources import InMemorySource as InMemorySource
 from jaxloss.data._sources import Normalization as Normalization
 from jaxloss.data._sources import Source as Source
+from jaxloss.data._sources import SourceFacts as SourceFacts
 from jaxloss.data._sources import TfdsSource as TfdsSource
 from jaxloss.data._sources import check_labels as check_labels
 from jaxloss.data._sources import read_schema as read_schema

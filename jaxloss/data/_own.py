@@ -7,6 +7,7 @@ split), so a run on bad data stops before it writes anything.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from jaxloss.data._sources import (
     InMemorySource,
     Normalization,
     Source,
-    _describe,
+    SourceFacts,
     check_labels,
     read_schema,
     view,
@@ -189,8 +190,7 @@ class ImageFolderSource(Source):
         self._files = list(files)
         labels = np.asarray(labels, np.int32)
         check_labels(labels, len(class_names), where=lambda i: self._files[i])
-        _describe(
-            self,
+        self.facts = SourceFacts(
             num_classes=len(class_names),
             class_names=class_names,
             name=name,
@@ -472,7 +472,7 @@ def _finish(raw: dict[str, Source], *, seed: int, origin: str) -> dict[str, Sour
     normalization = _standardization(raw["train"])
     splits = {split: raw[split] for split in SPLITS}
     for source in splits.values():
-        source.normalization = normalization
+        source.facts = dataclasses.replace(source.facts, normalization=normalization)
     return splits
 
 

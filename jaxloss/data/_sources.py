@@ -23,6 +23,7 @@ from jaxloss.data._dataset import Dataset
 
 __all__ = [
     "SCHEMA_FILE",
+    "SourceFacts",
     "ArrayRecordSource",
     "ArraySource",
     "InMemorySource",
@@ -79,26 +80,66 @@ class Normalization:
         return x
 
 
-class Source(abc.ABC):
-    """Labelled examples with random access by index.
+@dataclasses.dataclass(frozen=True)
+class SourceFacts:
+    """What every :class:`Source` says about its examples besides the examples themselves.
 
     Attributes:
       num_classes: the number of classes.
       class_names: one name per class.
       name: a short description, e.g. ``"cifar10/train"``.
-      metadata: free-form facts about how the data was made.
       feature_shape: the shape of one example's features.
-      feature_dtype: their dtype as stored (uint8 for tfds images).
+      feature_dtype: their dtype as stored (uint8 for images).
       normalization: the :class:`Normalization` to apply on device.
+      metadata: free-form facts about how the data was made.
+
+    Example:
+      >>> SourceFacts(3, "abc", "toy", feature_shape=[2], feature_dtype="uint8").class_names
+      ('a', 'b', 'c')
     """
 
     num_classes: int
     class_names: tuple[str, ...]
     name: str
-    metadata: dict[str, Any]
     feature_shape: tuple[int, ...]
     feature_dtype: np.dtype
-    normalization: Normalization
+    normalization: Normalization = Normalization()
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        # Frozen: the canonical types are set once, at construction.
+        for field, value in (
+            ("num_classes", int(self.num_classes)),
+            ("class_names", tuple(str(c) for c in self.class_names)),
+            ("feature_shape", tuple(int(d) for d in self.feature_shape)),
+            ("feature_dtype", np.dtype(self.feature_dtype)),
+            ("metadata", dict(self.metadata)),
+        ):
+            object.__setattr__(self, field, value)
+
+
+def _fact(field: str) -> property:
+    """A read-only attribute of a source that its :class:`SourceFacts` holds."""
+    return property(lambda self: getattr(self.facts, field), doc=f"``facts.{field}``.")
+
+
+class Source(abc.ABC):
+    """Labelled examples with random access by index: the data model of :mod:`jaxloss.data`
+    (:func:`jaxloss.data.load` materializes one into a :class:`Dataset`).
+
+    Attributes:
+      facts: the :class:`SourceFacts` (classes, name, feature layout, normalization, metadata),
+        also readable one by one as the attributes below.
+    """
+
+    facts: SourceFacts
+    num_classes = _fact("num_classes")
+    class_names = _fact("class_names")
+    name = _fact("name")
+    metadata = _fact("metadata")
+    feature_shape = _fact("feature_shape")
+    feature_dtype = _fact("feature_dtype")
+    normalization = _fact("normalization")
 
     @abc.abstractmethod
     def __len__(self) -> int:
@@ -177,27 +218,6 @@ class Source(abc.ABC):
         return f"{type(self).__name__}({self.name!r}, {len(self)} examples)"
 
 
-def _describe(
-    source: Source,
-    *,
-    num_classes,
-    class_names,
-    name,
-    metadata,
-    feature_shape,
-    feature_dtype,
-    normalization,
-) -> None:
-    """Sets the facts every source exposes (class set, name, feature layout, normalization)."""
-    source.num_classes = int(num_classes)
-    source.class_names = tuple(str(c) for c in class_names)
-    source.name = name
-    source.metadata = dict(metadata)
-    source.feature_shape = tuple(feature_shape)
-    source.feature_dtype = np.dtype(feature_dtype)
-    source.normalization = normalization
-
-
 class ArraySource(Source):
     """Examples held in host memory as arrays, stored in their own dtype (uint8 images stay uint8).
 
@@ -241,8 +261,7 @@ class ArraySource(Source):
             raise ValueError(f"labels of {name} must be integers, got dtype {labels.dtype}.")
         check_labels(labels, num_classes, where=lambda i: f"example {i} of {name}")
         self._features = features
-        _describe(
-            self,
+        self.facts = SourceFacts(
             num_classes=num_classes,
             class_names=class_names or tuple(str(c) for c in range(num_classes)),
             name=name,
@@ -299,8 +318,7 @@ class TfdsSource(Source):
     def __init__(self, data_source, info, *, name: str, normalization: Normalization, metadata):
         self._data_source = data_source
         label = info.features["label"]
-        _describe(
-            self,
+        self.facts = SourceFacts(
             num_classes=label.num_classes,
             class_names=label.names,
             name=name,
@@ -530,8 +548,7 @@ class ArrayRecordSource(Source):
         self._paths = [paths] if isinstance(paths, str) else list(paths)
         if not self._paths:
             raise ValueError(f"{name}: paths names no file.")
-        _describe(
-            self,
+        self.facts = SourceFacts(
             num_classes=num_classes,
             class_names=class_names or tuple(str(c) for c in range(num_classes)),
             name=name,
@@ -630,16 +647,7 @@ class _View(Source):
         self._parent = parent
         self._indices = indices
         self._labels = labels
-        _describe(
-            self,
-            num_classes=parent.num_classes,
-            class_names=parent.class_names,
-            name=name,
-            metadata=metadata,
-            feature_shape=parent.feature_shape,
-            feature_dtype=parent.feature_dtype,
-            normalization=parent.normalization,
-        )
+        self.facts = dataclasses.replace(parent.facts, name=name, metadata=metadata)
 
     def __len__(self) -> int:
         return len(self._parent) if self._indices is None else int(self._indices.shape[0])
