@@ -26,6 +26,7 @@ import atexit
 import hashlib
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -38,7 +39,7 @@ import numpy as np
 from jax._src import distributed as _jax_distributed
 from jax.experimental import multihost_utils
 
-__all__ = ["LaunchError", "check_same_config", "initialize"]
+__all__ = ["LaunchError", "check_same_config", "initialize", "keep_in_step"]
 
 # Defaults for a cluster: processes of a SLURM job or a TPU pod start within a minute or two of
 # each other; a heartbeat missed for 30 s is a dead process (or host), not a busy one (heartbeats
@@ -190,6 +191,9 @@ def initialize(
         heartbeat_timeout_seconds=2 * heartbeat_timeout + 10,
     )
     deadline.cancel()
+    # JAX's preemption notifier catches SIGTERM and only logs it, so `kill`, `timeout` or a
+    # scheduler's SIGTERM could not stop a process (a hung one above all): SIGTERM ends it again.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if jax.process_count() > 1:
         watchdog = _Watchdog(heartbeat_timeout, stall_timeout)
         watchdog.start()
@@ -200,6 +204,20 @@ def initialize(
             f"{jax.process_count()} processes (process 0's --num_processes): give every process "
             "the same."
         )
+
+
+def keep_in_step(outputs: Any) -> Any:
+    """Waits for ``outputs`` of a compiled step in a multi-process run on CPUs; returns them.
+
+    XLA's CPU collectives (Gloo) can deadlock when one process dispatches steps ahead of another
+    (asynchronous dispatch lets a process queue many): a 2 x 2 run where one process waited for
+    each step's result and the other did not hung within 100 steps, and heavy load makes the
+    same drift (issue 21, item 7). Waiting for every step keeps at most one in flight on each
+    process. GPUs and TPUs, whose collectives queue in order, keep asynchronous dispatch.
+    """
+    if jax.process_count() > 1 and jax.default_backend() == "cpu":
+        jax.block_until_ready(outputs)
+    return outputs
 
 
 def _main_thread_location() -> tuple[Any, str]:

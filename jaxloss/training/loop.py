@@ -115,6 +115,7 @@ def _train_epoch(steps, state, batches, *, config, epoch, keys, population, num_
         state, stats = steps.train(
             state, data.global_batch(next(batches), steps.batch_sharding), keys, member=member
         )
+        distributed.keep_in_step(stats)  # Gloo deadlocks when a process runs ahead (CPU)
         losses.append(stats["loss"])
         accuracies.append(stats["accuracy"])
         group = stats["loss"].shape[0]
@@ -122,9 +123,12 @@ def _train_epoch(steps, state, batches, *, config, epoch, keys, population, num_
         bar.update(group)
         if not bar.disable and done % config.log_every_steps < group:
             seconds = time.perf_counter() - start
+            # Host copies: a jnp op on the global arrays would be a computation of all processes
+            # that process 0 (the only one with a bar) ran alone, and wait forever.
+            last = jax.device_get(stats)
             bar.set_postfix(
-                loss=f"{float(jnp.mean(stats['loss'][-1])):.4f}",
-                accuracy=f"{float(jnp.mean(stats['accuracy'][-1])):.3f}",
+                loss=f"{last['loss'][-1].mean():.4f}",
+                accuracy=f"{last['accuracy'][-1].mean():.3f}",
                 examples_per_s=f"{done * config.batch_size * population.size / seconds:.0f}",
             )
     bar.close()
