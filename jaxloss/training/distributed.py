@@ -16,6 +16,8 @@ processes started with different configs train without complaint. This module wr
   In each case every process prints one ``FATAL`` line naming the process and exits.
 - :func:`check_same_config` compares a digest of each process's config and stops every process
   on a mismatch, process 0 listing the differing fields.
+- :func:`keep_in_step` keeps the processes of a CPU run from dispatching compiled steps ahead of
+  each other, which deadlocks XLA's CPU collectives.
 
 All of this is a no-op in a single-process run.
 """

@@ -93,6 +93,7 @@ def _evaluate(steps, state, splits, *, batch_size, k) -> tuple[dict, dict]:
         # Each host reads its rows of every global batch.
         for batch in data.eval_batches(splits[split], global_batch_size=batch_size):
             statistics = steps.evaluate(state, data.global_batch(batch, steps.eval_sharding))
+            distributed.keep_in_step(statistics)  # as in training: no process runs ahead
             total = statistics if total is None else jax.tree.map(jnp.add, total, statistics)
         total = jax.device_get(total)
         for name, value in metrics_from_statistics(total, k=k).items():
