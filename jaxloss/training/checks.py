@@ -1,8 +1,10 @@
 """Every check of a run's config, in one place: each runs before the run writes or compiles anything.
 
-A mistake gives one line naming the field, the value and what is allowed. A population member's
-value goes through the very check its single value would (:func:`learning_rate_problem`, the loss's
-own hyperparameter checks traced on a tiny batch), so the two can never disagree.
+A mistake gives one line naming the field, the value and what is allowed. Each check takes a
+config resolved against the defaults (:func:`jaxloss.training.defaults.resolve`): every field is
+there. A population member's value goes through the very check its single value would
+(:func:`learning_rate_problem`, the loss's own hyperparameter checks traced on a tiny batch), so the
+two can never disagree.
 """
 
 from __future__ import annotations
@@ -125,9 +127,9 @@ _CHOICES = {
 
 
 def _get(config: ml_collections.ConfigDict, field: str) -> Any:
-    """The value of a dotted ``field`` (None if absent)."""
+    """The value of a dotted ``field``."""
     for name in field.split("."):
-        config = config.get(name) if config is not None else None
+        config = config[name]
     return config
 
 
@@ -158,7 +160,7 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
         _choice(problems, field, _get(config, field), choices)
     for field, interval in _INTERVALS.items():
         _interval(problems, field, _get(config, field), **interval)
-    for i, boundary in enumerate(config.optimizer.get("boundaries", ())):
+    for i, boundary in enumerate(config.optimizer.boundaries):
         _integer(problems, f"optimizer.boundaries[{i}]", boundary, lower=0)
     if problems:
         raise ConfigError("; ".join(problems) + ".")
@@ -255,9 +257,7 @@ def check_data_fit(
         )
     spec = loss_spec(config.loss.name)
     # An unset (None) hyperparameter takes the loss's own default.
-    hyperparameters = {
-        k: v for k, v in config.loss.get("hyperparameters", {}).items() if v is not None
-    }
+    hyperparameters = {k: v for k, v in config.loss.hyperparameters.items() if v is not None}
     k = hyperparameters.get("k")
     if isinstance(k, int) and not 1 <= k < train.num_classes:
         problems.append(
@@ -279,7 +279,7 @@ def check_data_fit(
             else f"loss: {single}"
         )
     if not problems:
-        for name, values in config.get("population", {}).items():
+        for name, values in config.population.items():
             for i, value in enumerate(np.ravel(values).tolist()):
                 field = f"population.{name}[{i}]"
                 if name == "learning_rate":

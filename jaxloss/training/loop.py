@@ -21,7 +21,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from jaxloss import data
-from jaxloss.training import checks, distributed, logs
+from jaxloss.training import checks, defaults, distributed, logs
 from jaxloss.training.checkpoint import Checkpointer, CheckpointError, config_differences
 from jaxloss.training.checks import ConfigError
 from jaxloss.training.lock import workdir_lock
@@ -56,26 +56,26 @@ def load_datasets(
     if splits is None:
         splits = data.load_splits(
             config.name,
-            seed=config.get("split_seed", 0),
-            data_dir=config.get("data_dir"),
-            **config.get("options", {}),
+            seed=config.split_seed,
+            data_dir=config.data_dir,
+            **config.options,
         )
     else:
         splits = data.check_splits(splits)
     train = splits["train"]
-    if config.get("imbalance_factor", 1.0) > 1.0:
+    if config.imbalance_factor > 1.0:
         train = data.long_tailed(
             train,
             imbalance_factor=config.imbalance_factor,
-            kind=config.get("imbalance_kind", "exp"),
-            seed=config.get("split_seed", 0),
+            kind=config.imbalance_kind,
+            seed=config.split_seed,
         )
-    if config.get("label_noise", 0.0) > 0.0:
+    if config.label_noise > 0.0:
         train = data.with_label_noise(
             train,
             rate=config.label_noise,
-            block=config.get("noise_block", 5),
-            seed=config.get("split_seed", 0),
+            block=config.noise_block,
+            seed=config.split_seed,
         )
     splits["train"] = train
     return splits
@@ -282,6 +282,8 @@ def train_and_evaluate(
     # here (jaxloss.training.checks), before anything is written or compiled.
     workdir = epath.Path(workdir)
     try:
+        # Every field present (jaxloss.training.defaults): from here on, read directly.
+        config = defaults.resolve(config)
         checks.check_fields(config)
         checks.check_workdir(workdir)
         checks.check_layout(config)
@@ -306,12 +308,12 @@ def train_and_evaluate(
             mesh=mesh,
             normalization=train.normalization,
         )
-        k = min(config.get("top_k", 5), train.num_classes)
+        k = min(config.top_k, train.num_classes)
         names = metric_names(k)
         selection = config.selection_metric
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise ConfigError(f"Bad config: {error}") from error
-    last_epoch_wins = config.get("selection", "best") == "last"
+    last_epoch_wins = config.selection == "last"
     # One run per workdir: a second one stops here, before it reads or writes anything.
     with workdir_lock(workdir):
         config_json = _check_config(config, workdir, data_record)
@@ -344,9 +346,7 @@ def train_and_evaluate(
                 )
         # Written once the checkpoints agree with the config, so a refused run changes nothing.
         _write_config(config_json, workdir)
-        logger = logs.MetricLogger(
-            workdir, history=history, tensorboard=config.get("tensorboard", True)
-        )
+        logger = logs.MetricLogger(workdir, history=history, tensorboard=config.tensorboard)
         # One stream for the run: each host reads its rows of every member's shuffle, from where the
         # checkpoint's pipeline state says.
         batches = data.train_batches(
@@ -354,8 +354,8 @@ def train_and_evaluate(
             global_batch_size=config.batch_size,
             seed=[int(seed) for seed in population.seeds],
             start_step=data_state["step"],
-            steps_per_item=steps_per_call(num_steps, config.get("steps_per_call", 1)),
-            worker_count=config.data.get("worker_count", 0),
+            steps_per_item=steps_per_call(num_steps, config.steps_per_call),
+            worker_count=config.data.worker_count,
         )
         try:
             for epoch in range(start_epoch, config.num_epochs):
@@ -369,7 +369,7 @@ def train_and_evaluate(
                     population=population,
                     num_steps=num_steps,
                 )
-                if config.get("stop_on_nan", True):
+                if config.stop_on_nan:
                     _check_finite(
                         losses,
                         epoch=epoch,
@@ -425,7 +425,7 @@ def train_and_evaluate(
             best,
             population,
             metric_names=names,
-            selection=config.get("selection", "best"),
+            selection=config.selection,
             selection_metric=selection,
         )
         if jax.process_index() == 0:

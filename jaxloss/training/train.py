@@ -72,9 +72,9 @@ def _learning_rate(
     schedule here is optax's or ``jax.numpy`` of it, so member i equals a run configured with it.
     """
     lr = learning_rate
-    name = config.get("schedule", "constant")
+    name = config.schedule
     total = steps_per_epoch * num_epochs
-    final = config.get("final_learning_rate", 0.0)
+    final = config.final_learning_rate
     if name == "constant":
         return lambda step: lr * jnp.ones_like(step, jnp.float32)
     if name == "step":
@@ -128,21 +128,21 @@ def make_optimizer(
         learning_rate = config.learning_rate
     schedule = _learning_rate(config, steps_per_epoch, num_epochs, learning_rate)
     chain = []
-    if config.get("gradient_normalizer", False):
+    if config.gradient_normalizer:
         from jaxloss import optim
 
         chain.append(optim.gradient_normalizer())
-    if config.get("gradient_clip_norm") is not None:
+    if config.gradient_clip_norm is not None:
         chain.append(optax.clip_by_global_norm(config.gradient_clip_norm))
-    if config.get("weight_decay", 0.0):
+    if config.weight_decay:
         chain.append(optax.add_decayed_weights(config.weight_decay, mask=_is_kernel))
     name = config.name
     if name == "sgd":
         chain.append(
             optax.sgd(
                 schedule,
-                momentum=config.get("momentum", 0.0) or None,
-                nesterov=config.get("nesterov", False),
+                momentum=config.momentum or None,
+                nesterov=config.nesterov,
             )
         )
     elif name == "adam":
@@ -204,7 +204,7 @@ class Population:
 def make_population(config: ml_collections.ConfigDict) -> Population:
     """The members of a run: ``config.num_seeds`` seeds for each configuration.
 
-    ``config.population`` (optional) maps ``learning_rate`` or a continuous hyperparameter of the
+    ``config.population`` maps ``learning_rate`` or a continuous hyperparameter of the
     loss (``jaxloss.loss_spec(name).ranges``) to a tuple of values, one per configuration; every
     tuple has the same length P, and the run trains P x num_seeds models in one compiled step.
 
@@ -212,7 +212,7 @@ def make_population(config: ml_collections.ConfigDict) -> Population:
       ValueError: a field that cannot vary within one compiled step (a structural hyperparameter
         such as k, or the scale of a cosine head), or tuples of different lengths.
     """
-    population = {k: tuple(np.ravel(v)) for k, v in config.get("population", {}).items()}
+    population = {k: tuple(np.ravel(v)) for k, v in config.population.items()}
     spec = loss_spec(config.loss.name)
     allowed = {"learning_rate", *spec.ranges} - {spec.logit_scale}
     unknown = sorted(set(population) - allowed)
@@ -372,9 +372,7 @@ def make_steps(
     tx = make_optimizer(config.optimizer, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
     spec = loss_spec(config.loss.name)
     # An unset (None) hyperparameter takes the loss's own default.
-    loss_hyperparameters = {
-        k: v for k, v in config.loss.get("hyperparameters", {}).items() if v is not None
-    }
+    loss_hyperparameters = {k: v for k, v in config.loss.hyperparameters.items() if v is not None}
 
     def build(rngs):
         # A cosine head's scale is part of the model's structure (its graphdef), not its state.
@@ -396,10 +394,10 @@ def make_steps(
         else spec.schedule(
             num_epochs=num_epochs,
             steps_per_epoch=steps_per_epoch,
-            **{**spec.schedule_defaults, **config.loss.get("schedule", {})},
+            **{**spec.schedule_defaults, **config.loss.schedule},
         )
     )
-    augment = config.data.get("augment", False)
+    augment = config.data.augment
     normalization = normalization or data.Normalization()
 
     def init_one(key):
@@ -448,7 +446,7 @@ def make_steps(
         accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
         return new_state, {"loss": loss, "accuracy": accuracy}
 
-    top_k = config.get("top_k", 5)
+    top_k = config.top_k
 
     def predict_one(state, features):
         model = nnx.merge(graphdef, state["params"], state["rest"])

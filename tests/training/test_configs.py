@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 import jaxloss
-from jaxloss.training import build_model
+from jaxloss.training import ConfigError, build_model, defaults, train_and_evaluate
 from tests.testing import run_script
 from tests.training.tiny import EXPERIMENTS
 
@@ -59,6 +59,44 @@ def test_config_builds_its_model_and_loss(name):
     assert jax.tree.leaves(nnx.state(model, nnx.Param))
     for loss in jaxloss.available_losses():
         assert module.get_config(loss).loss.name == loss
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_resolves_against_the_defaults_with_every_loss(name):
+    module = importlib.import_module(f"configs.{name}")
+    defaults_fields = _leaves(defaults.get_config())
+    for loss in jaxloss.available_losses():
+        config = module.get_config(loss)
+        # Resolving adds no value and changes none: every field the config sets is a default's.
+        resolved = defaults.resolve(config)
+        assert resolved.to_dict() == {**defaults.get_config().to_dict(), **config.to_dict()}
+        assert set(_leaves(config)) <= set(defaults_fields)
+
+
+def _leaves(config, prefix=""):
+    """Dotted paths of every field that is not a nested config, open fields whole."""
+    paths = []
+    for key, value in config.items():
+        path = prefix + key
+        if hasattr(value, "items") and path not in defaults.OPEN_FIELDS:
+            paths.extend(_leaves(value, path + "."))
+        else:
+            paths.append(path)
+    return paths
+
+
+def test_a_field_no_run_reads_is_refused_naming_the_closest(tmp_path):
+    from tests.training.tiny import tiny_config
+
+    config = tiny_config()
+    config.num_seed = 2  # a typo from Python: the command line's checks do not see it
+    with pytest.raises(ConfigError, match=r"num_seed: no such config field \(did you mean 'num_s"):
+        train_and_evaluate(config, str(tmp_path / "a"))
+    config = tiny_config()
+    config.optimizer.learning_rat = 0.1
+    with pytest.raises(ConfigError, match=r"optimizer.learning_rat: .*fields of optimizer: bound"):
+        train_and_evaluate(config, str(tmp_path / "b"))
+    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
 
 
 def _main(*args):
