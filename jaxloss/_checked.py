@@ -26,12 +26,13 @@ def checked(fn: Callable) -> Callable:
     """Wraps a loss so that bad values raise instead of silently giving garbage.
 
     Shapes, dtypes and concrete hyperparameters are checked at trace time by every loss. Values
-    are not: inside ``jit`` an out-of-range label is clamped or filled by JAX's gather semantics
-    and the loss returns a meaningless number, and a hyperparameter passed as a traced array (a
-    ``jit`` argument, a ``vmap``-ed population) has no value to check. ``checked(fn)`` runs ``fn``
-    under :mod:`jax.experimental.checkify` and raises ``checkify.JaxRuntimeError`` when a label
-    lies outside ``[0, num_classes)``, when the logits hold NaN or ``+inf`` (``-inf`` is a legal
-    masked class), when a traced hyperparameter is out of its range, or when the loss returns NaN.
+    are not: inside ``jit`` an out-of-range label only makes its loss NaN, and a hyperparameter
+    passed as a traced array (a ``jit`` argument, a ``vmap``-ed population) has no value to check.
+    ``checked(fn)`` runs ``fn`` under :mod:`jax.experimental.checkify` and raises
+    ``checkify.JaxRuntimeError`` when a label lies outside ``[0, num_classes)`` (the classes of
+    whole rows: with ``class_axis_name``, those of every shard), when the logits hold NaN or
+    ``+inf`` (``-inf`` is a legal masked class), when a traced hyperparameter is out of its range
+    (NaN, or infinite where the loss needs it finite), or when the loss returns NaN.
 
     The checks are explicit reductions over the inputs and the output, so a checked call costs
     about one more evaluation of the loss (and compiles about as fast). The checked evaluation is
@@ -46,6 +47,9 @@ def checked(fn: Callable) -> Callable:
       step = jax.jit(checkify.checkify(train_step, errors=checkify.user_checks))
       error, outputs = step(state, batch)
       error.throw()
+
+    The same holds inside ``shard_map``: functionalize the ``shard_map``-ed function (or the step
+    around it), not the loss inside it.
 
     Args:
       fn: a loss ``fn(logits, labels, *args, axis=-1, **kwargs)``.
@@ -72,8 +76,13 @@ def checked(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(logits, labels, *args, **kwargs):
-        axis = kwargs.get("axis", -1)
-        num_classes = _validation.prepare(logits, labels, axis=axis).num_classes
+        # Labels are global class indices: under class_axis_name, the classes of every shard.
+        num_classes = _validation.prepare(
+            logits,
+            labels,
+            axis=kwargs.get("axis", -1),
+            class_axis_name=kwargs.get("class_axis_name"),
+        ).num_classes
         logits, labels = jnp.asarray(logits), jnp.asarray(labels)
         call = (logits, labels, args, kwargs)
 
@@ -85,13 +94,14 @@ def checked(fn: Callable) -> Callable:
                 "logits contain NaN or +inf values (-inf is a masked class, the others must be "
                 "finite)",
             )
-            bad = (labels < 0) | (labels >= num_classes)
-            checkify.check(
-                ~jnp.any(bad),
-                f"labels must be in [0, {num_classes}); got a label of {{label}} "
-                "(the first one out of range)",
-                label=labels.ravel()[jnp.argmax(bad.ravel())],
-            )
+            if labels.size:  # an empty batch has no label to check (nor a first bad one)
+                bad = (labels < 0) | (labels >= num_classes)
+                checkify.check(
+                    ~jnp.any(bad),
+                    f"labels must be in [0, {num_classes}); got a label of {{label}} "
+                    "(the first one out of range)",
+                    label=labels.ravel()[jnp.argmax(bad.ravel())],
+                )
             out = fn(logits, labels, *args, **kwargs)
             checkify.check(~jnp.any(jnp.isnan(out)), "the loss is NaN for valid inputs")
             return out

@@ -99,21 +99,45 @@ def check_integer(name: str, value: Any, *, lower: int | None = None, upper: int
 
 
 def check_class_vector(
-    name: str, values: Any, num_classes: int, *, positive: bool = True
+    name: str,
+    values: Any,
+    num_classes: int,
+    *,
+    positive: bool = True,
+    classes: _classes.ClassAxis = _classes.WHOLE,
 ) -> jax.Array:
     """Checks a per-class vector (counts, priors, weights) and returns it as a float array.
 
-    Its shape must be ``(num_classes,)``; every entry must be finite, and with ``positive`` > 0,
-    otherwise >= 0 (checked now when the values are concrete, by :func:`jaxloss.checked` when
-    traced).
+    Its shape must be ``(num_classes,)``, the classes of the logits this device holds: with
+    ``classes`` split over a ``shard_map`` axis, the device's block of the vector, which must then
+    vary over that axis where the types say so (``check_vma``). Every entry must be finite, and
+    with ``positive`` > 0, otherwise >= 0 (checked now when the values are concrete, by
+    :func:`jaxloss.checked` when traced).
     """
     if values is None:
         raise ValueError(f"{name} is required: a vector of {num_classes} per-class values.")
     shape = np.shape(values)
+    shards = classes.shards
     if shape != (num_classes,):
+        if shards > 1:
+            whole = shape == (num_classes * shards,)
+            raise ValueError(
+                f"{name} must be this device's block of the per-class vector under "
+                f"class_axis_name={classes.name!r}: shape ({num_classes},) for the {num_classes} "
+                f"classes of its logits, got shape {shape}"
+                + (f", the whole vector of {num_classes * shards} classes" if whole else "")
+                + f". Split it like the logits' class axis (in_specs P({classes.name!r}))."
+            )
         raise ValueError(
             f"{name} must have shape ({num_classes},) to match the {num_classes} classes of the "
             f"logits, got shape {shape}."
+        )
+    if shards > 1 and _varies(values, classes.name) is False:
+        raise ValueError(
+            f"{name} must be this device's block of the per-class vector under "
+            f"class_axis_name={classes.name!r}, but it does not vary over mesh axis "
+            f"{classes.name!r}: every device holds the same {num_classes} values. Split the whole "
+            f"vector like the logits' class axis (in_specs P({classes.name!r}))."
         )
     check_in_range(name, values, lower=0, lower_open=positive, finite=True)
     return jnp.asarray(values)
@@ -180,9 +204,21 @@ class Prepared:
     out_dtype: jnp.dtype
     classes: _classes.ClassAxis = _classes.WHOLE
 
+    def finish(self, loss: jax.Array) -> jax.Array:
+        """``loss`` per example in the output dtype, NaN where a label is outside
+        ``[0, num_classes)``.
+
+        An index out of range is not a class: whole or split rows, every loss gives NaN there
+        (JAX's gather would wrap -1 and fill C with NaN, and split rows would find no label at
+        all), so that a NaN stop fires.
+        """
+        bad = (self.labels < 0) | (self.labels >= self.num_classes)
+        return jnp.where(bad, jnp.nan, loss).astype(self.out_dtype)
+
 
 def _class_axes(axis: Any, ndim: int, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """``axis`` (an int or a tuple of ints, as in optax) as sorted non-negative class axes."""
+    """``axis`` (an int or a tuple of ints, as in optax) as non-negative class axes, in the order
+    given: the classes are flattened in that order (``axis=(3, 2)`` makes axis 3 the major one)."""
     axes = (axis,) if isinstance(axis, int | np.integer) else axis
     if (
         not isinstance(axes, tuple)
@@ -195,14 +231,17 @@ def _class_axes(axis: Any, ndim: int, shape: tuple[int, ...]) -> tuple[int, ...]
     normalized = tuple(int(a) % ndim for a in axes)
     if len(set(normalized)) != len(normalized):
         raise ValueError(f"axis={axis} names the same axis twice.")
-    return tuple(sorted(normalized))
+    return normalized
 
 
 def _classes_last(array: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-    """Moves ``axes`` to the end and flattens them into one class axis (optax's tuple ``axis``)."""
+    """Moves ``axes`` to the end, in their order, and flattens them into one class axis (optax's
+    tuple ``axis``)."""
     batch = tuple(a for a in range(array.ndim) if a not in axes)
     array = jnp.transpose(array, batch + axes)
-    return array.reshape(array.shape[: len(batch)] + (-1,))
+    # The class count spelled out: -1 cannot be inferred from an empty batch.
+    num_classes = int(np.prod(array.shape[len(batch) :]))
+    return array.reshape(array.shape[: len(batch)] + (num_classes,))
 
 
 def prepare(
@@ -252,7 +291,7 @@ def prepare(
             f"axis={axis}: this function takes one class axis (an int), not a tuple of axes."
         )
     axes = _class_axes(axis, ndim, tuple(np.shape(logits)))
-    classes = _class_axis(class_axis_name, axes)
+    classes = _class_axis(class_axis_name, axes, logits, labels)
     num_classes = classes.global_size(int(np.prod([logits.shape[a] for a in axes])))
     if num_classes < min_classes:
         raise ValueError(
@@ -298,8 +337,16 @@ def prepare(
     return Prepared(moved, labels, where, num_classes, out_dtype, classes)
 
 
-def _class_axis(class_axis_name: Any, axes: tuple[int, ...]) -> _classes.ClassAxis:
-    """The :class:`ClassAxis` of ``class_axis_name``, checked to be a mesh axis bound here."""
+def _class_axis(
+    class_axis_name: Any, axes: tuple[int, ...], logits: Any, labels: Any
+) -> _classes.ClassAxis:
+    """The :class:`ClassAxis` of ``class_axis_name``, checked to be a mesh axis bound here.
+
+    Inside ``shard_map`` with ``check_vma`` (the default) the types say what varies over which
+    mesh axis, and the split is checked against them: the logits must vary over the axis (each
+    device its own block of classes) and the labels must not (every block of a row reads the
+    row's label). With ``check_vma=False`` nothing is typed and only the shapes can be checked.
+    """
     if class_axis_name is None:
         return _classes.WHOLE
     if not isinstance(class_axis_name, str):
@@ -319,4 +366,37 @@ def _class_axis(class_axis_name: Any, axes: tuple[int, ...]) -> _classes.ClassAx
             "vmap): inside shard_map pass the mesh axis that the class axis is split over; under "
             "plain jax.jit pass None (XLA splits whole rows itself)."
         ) from error
-    return _classes.ClassAxis(class_axis_name)
+    classes = _classes.ClassAxis(class_axis_name)
+    if classes.shards > 1 and _varies(logits, class_axis_name) is False:
+        raise ValueError(
+            f"class_axis_name={class_axis_name!r}: the logits do not vary over mesh axis "
+            f"{class_axis_name!r} (every device holds the same values), so no device holds a "
+            f"block of the classes. Split the logits' class axis over it (in_specs "
+            f"P(..., {class_axis_name!r})), or pass class_axis_name=None for whole rows."
+        )
+    if labels is not None and classes.shards > 1 and _varies(labels, class_axis_name):
+        raise ValueError(
+            f"class_axis_name={class_axis_name!r}: the labels vary over mesh axis "
+            f"{class_axis_name!r}, but every block of a row's classes needs the row's label. "
+            f"Replicate the labels over {class_axis_name!r} (e.g. P('data') for logits "
+            f"P('data', {class_axis_name!r})); is {class_axis_name!r} the batch axis?"
+        )
+    return classes
+
+
+def _varies(value: Any, axis_name: str) -> bool | None:
+    """Whether ``value`` varies over the ``shard_map`` mesh axis ``axis_name``, by its type; None
+    where the types do not say (``check_vma=False``, or a JAX without varying-axis types)."""
+    if axis_name not in (_varying_axes(jax.lax.axis_index(axis_name)) or ()):
+        return None
+    return axis_name in (_varying_axes(value) or ())
+
+
+def _varying_axes(value: Any) -> frozenset | None:
+    """The mesh axes ``value``'s type varies over (``jax.typeof(x).vma``), or None if untyped."""
+    aval = jax.typeof(value if hasattr(value, "dtype") else np.asarray(value))
+    vma = getattr(aval, "vma", None)
+    if vma is None:
+        # JAX 0.10 keeps them in the manual axis type.
+        vma = getattr(getattr(aval, "manual_axis_type", None), "varying", None)
+    return vma

@@ -29,7 +29,7 @@ def cross_entropy_loss(
     ce = _softmax.cross_entropy(
         inputs.logits, inputs.labels, where=inputs.where, classes=inputs.classes
     )
-    return ce.astype(inputs.out_dtype)
+    return inputs.finish(ce)
 
 
 def label_smoothing_loss(
@@ -64,4 +64,4 @@ def label_smoothing_loss(
     mean_logit = classes.sum(jnp.where(present, z, 0.0)) / jnp.maximum(count, 1)
     uniform = ce + classes.label_value(z, inputs.labels) - mean_logit
     smoothed = (1.0 - alpha) * ce + alpha * uniform
-    return jnp.where(count > 0, smoothed, 0.0).astype(inputs.out_dtype)
+    return inputs.finish(jnp.where(count > 0, smoothed, 0.0))

@@ -57,7 +57,7 @@ def confidence_penalty_loss(
       Pereyra et al., `Regularizing Neural Networks by Penalizing Confident Output Distributions
       <https://arxiv.org/abs/1701.06548>`_, ICLR workshop 2017.
     """
-    _validation.check_in_range("beta", beta, lower=0.0)
+    _validation.check_in_range("beta", beta, lower=0.0, finite=True)
     inputs = _validation.prepare(
         logits, labels, axis=axis, where=where, class_axis_name=class_axis_name
     )
@@ -78,7 +78,7 @@ def confidence_penalty_loss(
     weighted = jnp.where(positive, exp * jnp.where(positive, shifted, 0.0), 0.0)
     entropy = log_total - classes.sum(weighted) / total
     ce = log_total - label
-    return (ce - beta * entropy).astype(inputs.out_dtype)
+    return inputs.finish(ce - beta * entropy)
 
 
 def softmax_focal_loss(
@@ -96,10 +96,12 @@ def softmax_focal_loss(
     .. math::
       \ell(z, y) = -w_y (1 - p_y)^\gamma \log p_y, \qquad p = \mathrm{softmax}(z).
 
-    :math:`1 - p_y` is the sum of the other classes' probabilities (not a difference that
-    cancels), and :math:`(1 - p_y)^\gamma` is :math:`\exp(\gamma \log(1 - p_y))`, so well-classified
-    examples keep an accurate, finite gradient (no probability clipping as in the seed, which clips
-    at 1e-7). With ``gamma=0`` and no ``class_weights`` it is the cross-entropy. The per-class
+    Both factors are functions of the label's log-odds against the other classes,
+    :math:`u = z_y - \log \sum_{k \ne y} e^{z_k}`: :math:`-\log p_y = \mathrm{softplus}(-u)` and
+    :math:`(1 - p_y)^\gamma = e^{-\gamma\, \mathrm{softplus}(u)}`, with no difference that
+    cancels and no probability clipping (the seed clips at 1e-7). Well-classified examples keep an
+    accurate, finite gradient, and ``jax.hessian`` is finite too, also where :math:`1 - p_y` is
+    below 1e-19 (its square would underflow in float32). With ``gamma=0`` and no ``class_weights`` it is the cross-entropy. The per-class
     weights :math:`w` are the :math:`\alpha_t` of Lin et al. (optax's ``sigmoid_focal_loss`` has a
     scalar ``alpha`` instead, hence the different name); by default every :math:`w_y = 1`.
 
@@ -133,24 +135,35 @@ def softmax_focal_loss(
       Lin et al., `Focal Loss for Dense Object Detection <https://arxiv.org/abs/1708.02002>`_,
       ICCV 2017.
     """
-    _validation.check_in_range("gamma", gamma, lower=0.0)
+    _validation.check_in_range("gamma", gamma, lower=0.0, finite=True)
     inputs = _validation.prepare(
         logits, labels, axis=axis, where=where, min_classes=2, class_axis_name=class_axis_name
     )
-    classes = inputs.classes
-    parts = _softmax.softmax_parts(inputs.logits, inputs.labels, inputs.where, classes=classes)
-    nll = jnp.log(parts.total) - parts.label
-    # The mass of the other kept classes: all of it when the label's class is masked.
-    rest = parts.rest / parts.total
-    # 1 - p_y underflows to 0 only for logit gaps beyond ~87 (float32), where the loss and its
-    # gradient are below 1e-38; the double where keeps log(0) out of the gradient.
-    positive = rest > 0
-    weight = jnp.where(positive, jnp.exp(gamma * jnp.log(jnp.where(positive, rest, 1.0))), 0.0)
-    loss = weight * nll
+    classes, z, labels = inputs.classes, inputs.logits, inputs.labels
+    # Everything is a function of u = log(p_y / (1 - p_y)), the label's logit against the log-sum
+    # of the others' shifted by their own max: -log p_y = softplus(-u) and log(1 - p_y) =
+    # -softplus(u). No term is a ratio of tiny sums, so every derivative is a product of sigmoids
+    # and softmax weights: the Hessian stays finite where 1 - p_y is tiny (a lead of 45-87 in
+    # float32, where (1 - p_y)^2 underflows), and (1 - p_y)^gamma underflows to 0 cleanly.
+    is_label = classes.is_label(labels, z.shape[-1])
+    others = jnp.where(is_label, -jnp.inf, _softmax.mask(z, inputs.where))
+    top = classes.max(others)
+    # A row with no other class left (all masked or -inf) is certain of its label: loss 0.
+    rivals = top != -jnp.inf
+    top = jnp.where(rivals, top, 0.0)
+    total = classes.sum(jnp.exp(others - top[..., None]))  # >= 1 where rivals
+    log_others = jnp.log(jnp.where(rivals, total, 1.0))
+    u = (classes.label_value(z, labels) - top) - log_others
+    nll, log_rest = jax.nn.softplus(-u), -jax.nn.softplus(u)
+    if inputs.where is not None:
+        # An excluded label class leaves the softmax (1 - p_y = 1); its logit still enters.
+        kept = classes.label_value(inputs.where, labels)
+        nll, log_rest = jnp.where(kept, nll, -u), jnp.where(kept, log_rest, 0.0)
+    loss = jnp.where(rivals, jnp.exp(gamma * log_rest) * nll, 0.0)
     if class_weights is not None:
         # The device's block of the weights under shard_map: checked against the local classes.
         weights = _validation.check_class_vector(
-            "class_weights", class_weights, inputs.logits.shape[-1], positive=False
-        ).astype(nll.dtype)
-        loss = classes.take(weights, inputs.labels) * loss
-    return loss.astype(inputs.out_dtype)
+            "class_weights", class_weights, z.shape[-1], positive=False, classes=classes
+        ).astype(loss.dtype)
+        loss = classes.take(weights, labels) * loss
+    return inputs.finish(loss)

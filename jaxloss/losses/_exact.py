@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -16,6 +17,8 @@ __all__ = ["exact_loss"]
 # Added to the variance of the normalization, so that constant logits normalize to 0 (and every
 # class ties) instead of 0/0.
 _NORMALIZE_EPS = 1e-12
+# The most uniforms one call may draw (16 GiB in float32), as for the noised top-k's draws.
+_MAX_DRAWS = 2**32
 
 
 def _normalize(z, counted, axis_name, classes):
@@ -38,6 +41,19 @@ def _normalize(z, counted, axis_name, classes):
     squares = total(weights * centered * centered)
     variance = squares / jnp.maximum(count - 1.0, 1.0)
     return centered * lax.rsqrt(variance + _NORMALIZE_EPS)
+
+
+def _check_draws(k: int, sample_size: Any, batch_shape: tuple[int, ...]) -> None:
+    """Refuses a Genz estimate whose uniforms (k x N per example) would not fit one call."""
+    sample_size = _validation.check_integer("sample_size", sample_size, lower=1)
+    draws = k * sample_size * math.prod(batch_shape)
+    if draws >= _MAX_DRAWS:
+        raise ValueError(
+            f"sample_size={sample_size}: exact_loss would draw {draws} uniforms ({k} competitors "
+            f"x {sample_size} samples x {math.prod(batch_shape)} examples); at most 2**32 - 1 are "
+            "supported per call. Lower sample_size, pass truncate_classes or "
+            "method='quadrature', or split the batch."
+        )
 
 
 @_autodiff.reverse_mode_only
@@ -135,13 +151,15 @@ def exact_loss(
         of whole rows) and the labels' shape
         last, so that they shard with the batch; row i drives the i-th strongest competitor (see
         :func:`jaxloss.ops.gaussian_orthant_probability`).
-      temperature: noise std :math:`T > 0` (scalar; float or traced array, at least the smallest
-        normal number of the compute dtype, about 1.2e-38 in float32). The gradient never forms
-        :math:`T^2`, so it stays finite for tiny temperatures. None means noise of std 1 in raw
-        logit units and no normalization by default (the reference without a temperature).
+      temperature: noise std :math:`T > 0` (scalar; float or traced array, finite and at least
+        the smallest normal number of the compute dtype, about 1.2e-38 in float32). The gradient
+        never forms :math:`T^2`, so it stays finite for tiny temperatures. None means noise of
+        std 1 in raw logit units and no normalization by default (the reference without a
+        temperature).
       margin: optional upper clip :math:`m` of the differences :math:`z_y - z_k` (float or traced
-        array); requires a temperature.
-      sample_size: number of samples N of the Genz estimator.
+        array); requires a temperature. ``inf`` is no clip, as None.
+      sample_size: number of samples N of the Genz estimator; the uniforms of one call
+        (``k x N`` per example) must number fewer than 2**32.
       normalize_logits: standardize the logits over the whole batch first; None follows the
         reference (on iff a temperature is given).
       truncate_classes: if given, only the ``truncate_classes`` strongest competitors of each
@@ -200,7 +218,9 @@ def exact_loss(
             f"margin={margin} requires a temperature: the margin is in normalized-logit units, "
             "which exist only when a temperature is given."
         )
-    _validation.check_in_range("temperature", temperature, lower=float(jnp.finfo(z.dtype).tiny))
+    _validation.check_in_range(
+        "temperature", temperature, lower=float(jnp.finfo(z.dtype).tiny), finite=True
+    )
     _validation.check_in_range("margin", margin)
     k = check_key(
         key,
@@ -209,6 +229,8 @@ def exact_loss(
         method=method,
         uniforms=uniforms,
     )
+    if method == "genz" and uniforms is None and k > 1:
+        _check_draws(k, sample_size, labels.shape)
     if key is not None and axis_name is not None:
         key = jax.random.fold_in(key, lax.axis_index(axis_name))
 
@@ -264,4 +286,4 @@ def exact_loss(
         method=method,
         class_axis_name=None if whole_rows else class_axis_name,
     )
-    return (1.0 - probability).astype(prepared.out_dtype)
+    return prepared.finish(1.0 - probability)

@@ -91,4 +91,4 @@ def label_relaxation_loss(
         + xlogy(alpha, alpha)
         - alpha * log_rest
     )
-    return jnp.where(inside, 0.0, outside).astype(inputs.out_dtype)
+    return inputs.finish(jnp.where(inside, 0.0, outside))

@@ -17,7 +17,9 @@ def _log_prior(values, inputs: _validation.Prepared) -> jax.Array:
     Under ``class_axis_name`` ``values`` is the device's block: it has the local number of classes,
     and the normalizer sums every shard's.
     """
-    counts = _validation.check_class_vector("class_counts", values, inputs.logits.shape[-1])
+    counts = _validation.check_class_vector(
+        "class_counts", values, inputs.logits.shape[-1], classes=inputs.classes
+    )
     # Counts are logged in float32 or wider: fp16/bf16 would round them first (2775 -> 2776).
     counts = counts.astype(inputs.logits.dtype)
     return jnp.log(counts) - jnp.log(inputs.classes.sum(counts))
@@ -37,7 +39,7 @@ def _known_spread(class_counts, tau, classes: ClassAxis) -> float | None:
 
 
 def _adjusted_cross_entropy(logits, labels, *, class_counts, tau, axis, where, class_axis_name):
-    _validation.check_in_range("tau", tau, lower=0.0)
+    _validation.check_in_range("tau", tau, lower=0.0, finite=True)
     inputs = _validation.prepare(
         logits, labels, axis=axis, where=where, class_axis_name=class_axis_name
     )
@@ -49,7 +51,7 @@ def _adjusted_cross_entropy(logits, labels, *, class_counts, tau, axis, where, c
         bias_spread=_known_spread(class_counts, tau, inputs.classes),
         classes=inputs.classes,
     )
-    return ce.astype(inputs.out_dtype)
+    return inputs.finish(ce)
 
 
 def balanced_softmax_loss(
@@ -220,7 +222,7 @@ def logit_adjust(
       Menon et al., `Long-tail learning via logit adjustment
       <https://arxiv.org/abs/2007.07314>`_, ICLR 2021.
     """
-    _validation.check_in_range("tau", tau, lower=0.0)
+    _validation.check_in_range("tau", tau, lower=0.0, finite=True)
     inputs = _validation.prepare(
         logits, axis=axis, tuple_axis=False, class_axis_name=class_axis_name
     )

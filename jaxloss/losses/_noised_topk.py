@@ -30,6 +30,8 @@ def _hinge_parts(prepared, k, epsilon, sample_size, key, noise, axis):
     precision (so the limit at a ``+inf`` logit is exact).
     """
     _validation.check_integer("k", k, lower=1, upper=prepared.num_classes - 1)
+    # Finite here, as every scale of the losses (the op itself takes epsilon = inf).
+    _validation.check_in_range("epsilon", epsilon, lower=0, finite=True)
     true = prepared.classes.label_value(prepared.logits, prepared.labels)
     center = jax.lax.stop_gradient(jnp.where(jnp.isfinite(true), true, 0.0))
     # The op takes the logits in their own layout so that injected noise keeps the caller's axes.
@@ -136,7 +138,7 @@ def balanced_noised_topk_loss(
         class_axis_name=class_axis_name,
     )
     threshold, true = _hinge_parts(prepared, k, epsilon, sample_size, key, noise, axis)
-    return _hinge(1.0, threshold, true).astype(prepared.out_dtype)
+    return prepared.finish(_hinge(1.0, threshold, true))
 
 
 def ldam_margins(class_counts: Any, *, max_m: float) -> jax.Array:
@@ -171,7 +173,7 @@ def ldam_margins(class_counts: Any, *, max_m: float) -> jax.Array:
 
 def _margins(counts: jax.Array, max_m: Any, classes: ClassAxis) -> jax.Array:
     """:func:`ldam_margins` of checked counts, split like the classes: the rarest class is global."""
-    _validation.check_in_range("max_m", max_m, lower=0)
+    _validation.check_in_range("max_m", max_m, lower=0, finite=True)
     counts = counts.astype(jnp.promote_types(counts.dtype, jnp.float32))
     return max_m * (classes.min(counts) / counts) ** 0.25
 
@@ -258,12 +260,14 @@ def imbalanced_noised_topk_loss(
         class_axis_name=class_axis_name,
     )
     classes = prepared.classes
-    counts = _validation.check_class_vector("class_counts", class_counts, prepared.logits.shape[-1])
-    _validation.check_in_range("scale", scale, lower=0, lower_open=True)
+    counts = _validation.check_class_vector(
+        "class_counts", class_counts, prepared.logits.shape[-1], classes=classes
+    )
+    _validation.check_in_range("scale", scale, lower=0, lower_open=True, finite=True)
     margins = _margins(counts, max_m, classes).astype(prepared.logits.dtype)
     threshold, true = _hinge_parts(prepared, k, epsilon, sample_size, key, noise, axis)
     loss = scale * _hinge(classes.take(margins, prepared.labels), threshold, true)
-    return loss.astype(prepared.out_dtype)
+    return prepared.finish(loss)
 
 
 def ldam_loss(
@@ -326,8 +330,10 @@ def ldam_loss(
     )
     classes = prepared.classes
     local_classes = prepared.logits.shape[-1]
-    counts = _validation.check_class_vector("class_counts", class_counts, local_classes)
-    _validation.check_in_range("scale", scale, lower=0, lower_open=True)
+    counts = _validation.check_class_vector(
+        "class_counts", class_counts, local_classes, classes=classes
+    )
+    _validation.check_in_range("scale", scale, lower=0, lower_open=True, finite=True)
     margins = _margins(counts, max_m, classes).astype(prepared.logits.dtype)
     is_label = classes.is_label(prepared.labels, local_classes)
     # Shift invariant: measured from the true score, the margin is not rounded away at large
@@ -338,4 +344,4 @@ def ldam_loss(
         is_label, classes.take(margins, prepared.labels)[..., None], 0.0
     )
     loss = cross_entropy(scale * shifted, prepared.labels, where=prepared.where, classes=classes)
-    return loss.astype(prepared.out_dtype)
+    return prepared.finish(loss)

@@ -59,7 +59,7 @@ def poly1_loss(
       Leng et al., `PolyLoss: A Polynomial Expansion Perspective of Classification Loss Functions
       <https://arxiv.org/abs/2204.12511>`_, ICLR 2022.
     """
-    _validation.check_in_range("epsilon", epsilon, lower=-1.0)
+    _validation.check_in_range("epsilon", epsilon, lower=-1.0, finite=True)
     inputs = _validation.prepare(
         logits, labels, axis=axis, where=where, class_axis_name=class_axis_name
     )
@@ -68,4 +68,4 @@ def poly1_loss(
     )
     ce = jnp.log(parts.total) - parts.label
     rest = parts.rest / parts.total
-    return (ce + epsilon * rest).astype(inputs.out_dtype)
+    return inputs.finish(ce + epsilon * rest)

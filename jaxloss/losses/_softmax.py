@@ -45,7 +45,8 @@ class SoftmaxParts(NamedTuple):
 MAX_BIAS_SPREAD = 16.0
 
 
-def _mask(logits: jax.Array, where: jax.Array | None) -> jax.Array:
+def mask(logits: jax.Array, where: jax.Array | None) -> jax.Array:
+    """The logits with the classes ``where`` excludes at -inf."""
     return logits if where is None else jnp.where(where, logits, -jnp.inf)
 
 
@@ -67,7 +68,7 @@ def row_max(
 
     0 on a row with no class left.
     """
-    return _shift(_mask(logits, where), classes)[0]
+    return _shift(mask(logits, where), classes)[0]
 
 
 def shifted_logits(
@@ -97,7 +98,7 @@ def shifted_logits(
       the label's shifted value, taken as it is when its class is masked, 0 on a row with no class
       left; and whether the row keeps a class, shape ``(...)``.
     """
-    masked = _mask(logits, where)
+    masked = mask(logits, where)
     if bias is None:
         top, kept = _shift(masked, classes)
         shifted = masked - top

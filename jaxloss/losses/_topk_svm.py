@@ -9,6 +9,7 @@ score), which covers a row with no class left.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -36,7 +37,7 @@ class _Rows(NamedTuple):
 
 def _prepare(logits, labels, k, alpha, axis, where, class_axis_name):
     k = _validation.check_integer("k", k, lower=1)
-    _validation.check_in_range("alpha", alpha, lower=0.0)
+    _validation.check_in_range("alpha", alpha, lower=0.0, finite=True)
     inputs = _validation.prepare(
         logits,
         labels,
@@ -69,11 +70,15 @@ def _kth_other(rows, scores):
     return _score_at(scores, index[..., rows.k - 1], classes), values
 
 
-def _logsumexp(values, classes):
-    """``jax.nn.logsumexp`` over the classes of a row, whole or split."""
+def _smooth_max(values, tau, classes):
+    """``tau * logsumexp(values / tau)`` over the classes of a row, whole or split.
+
+    The values are divided by tau after the max shift, so that no tiny tau overflows them: the
+    result tends to the max as tau -> 0.
+    """
     top = classes.max(values)
     top = jnp.where(jnp.isfinite(top), top, 0.0)
-    return top + jnp.log(classes.sum(jnp.exp(values - top[..., None])))
+    return top + tau * jnp.log(classes.sum(jnp.exp((values - top[..., None]) / tau)))
 
 
 def _hard(kth, label_score, k, alpha):
@@ -88,7 +93,7 @@ def _finish(rows, loss, few):
     # lax.top_k ranks NaN above every number, so a NaN competitor must be caught here. A NaN label
     # score propagates through the arithmetic by itself.
     nan = rows.inputs.classes.max(jnp.isnan(rows.scores) & rows.competes)
-    return jnp.where(nan, jnp.nan, loss).astype(rows.inputs.out_dtype)
+    return rows.inputs.finish(jnp.where(nan, jnp.nan, loss))
 
 
 def topk_svm_loss(
@@ -234,24 +239,44 @@ def smooth_topk_svm_loss(
       Berrada, Zisserman & Kumar, `Smooth Loss Functions for Deep Top-k Classification
       <https://arxiv.org/abs/1802.07595>`_, ICLR 2018.
     """
-    _validation.check_in_range("tau", tau, lower=0.0, lower_open=True)
+    _validation.check_in_range("tau", tau, lower=0.0, lower_open=True, finite=True)
     _validation.check_in_range("hard_threshold", hard_threshold, lower=1.0)
     rows = _prepare(logits, labels, k, alpha, axis, where, class_axis_name)
+    if math.prod(rows.label_score.shape) == 0:
+        # An empty batch: nothing to select or multiply (the ESF's product tree needs rows).
+        return rows.inputs.finish(rows.label_score)
     classes = rows.inputs.classes
     k = rows.k
+    # Below the smallest normal number a temperature is flushed to 0 by the hardware; the loss
+    # there is the hard one to far below an ulp (as for any tau tiny enough, see below).
+    tau = jnp.maximum(tau, jnp.finfo(rows.scores.dtype).tiny)
     # The loss is shift invariant; centring on the finite competitors makes float32 independent
     # of the scores' offset.
     finite = rows.competes & (rows.scores < jnp.inf)
     center = row_max(rows.scores, finite, classes=classes)
     scores = rows.scores - center
     label_score = rows.label_score - center[..., 0]
+    # Rows whose hard loss is the value: those the switch picks, and (k >= 2) those whose scores
+    # overflow in the units of x = scores / (k tau).
+    hard = jnp.zeros(label_score.shape, bool)
     if k == 1:
         # The label's own term is exactly 0, whatever its score.
-        z = jnp.where(rows.competes, (scores - label_score[..., None] + alpha) / tau, -jnp.inf)
-        smooth = tau * _logsumexp(jnp.where(rows.is_label, 0.0, z), classes)
+        d = jnp.where(rows.competes, scores - label_score[..., None] + alpha, -jnp.inf)
+        smooth = _smooth_max(jnp.where(rows.is_label, 0.0, d), tau, classes)
     else:
-        x = scores / (k * tau)
-        lowest = classes.min(jnp.where(finite, x, jnp.inf))[..., None]
+        # The scores of a row span [lowest, 0]. Where that (or alpha / tau, or the label's
+        # score) overflows in x, tau is below 1e-38 times the row's spread of scores: the smooth
+        # loss is the hard one to within tau * log C(n, k), far below an ulp of it. Those rows
+        # take the hard loss, their smooth value with tau = 1 (finite, its gradient too).
+        lowest = classes.min(jnp.where(finite, scores, jnp.inf))
+        hard = (
+            (~jnp.isfinite(lowest / (k * tau)) & (lowest < jnp.inf))
+            | ~jnp.isfinite(alpha / tau)
+            | (jnp.isfinite(label_score) & ~jnp.isfinite(label_score / (k * tau)))
+        )
+        tau = jnp.where(hard, 1.0, tau)
+        x = scores / (k * tau[..., None])
+        lowest = (lowest / (k * tau))[..., None]
         floor = jnp.where(lowest == jnp.inf, 0.0, lowest) - _FAR_BELOW
         log_sigma, top_x, top_index = _esf.log_esf_and_top_k(
             jnp.where(rows.competes, x, floor), k, class_axis_name=classes.name
@@ -262,7 +287,7 @@ def smooth_topk_svm_loss(
         smooth = tau * jax.nn.softplus(log_ratio)
     count = classes.sum(rows.competes)
     few = count < k
-    if hard_threshold is None:
+    if hard_threshold is None and k == 1:
         return _finish(rows, smooth, few)
     # The others' top k+1 in the units of x = scores / (k tau).
     if k == 1:
@@ -273,11 +298,13 @@ def smooth_topk_svm_loss(
         # entries are theirs and the others are missing (-inf).
         kth = _score_at(scores, top_index[..., k - 1], classes)
         top = jnp.where(jnp.arange(k + 1) < count[..., None], top_x, -jnp.inf)
-    # k-th and (k+1)-th of the full row: the label score inserted into the others' sorted top k+1.
-    y = jax.lax.stop_gradient(label_score) / (k * tau)
-    above = top[..., k - 2] if k > 1 else jnp.inf
-    gap = jnp.maximum(top[..., k - 1], jnp.minimum(y, above)) - jnp.maximum(
-        top[..., k], jnp.minimum(y, top[..., k - 1])
-    )
-    hard = gap >= jnp.log(hard_threshold)
+    if hard_threshold is not None:
+        # k-th and (k+1)-th of the full row: the label score inserted into the others' sorted
+        # top k+1.
+        y = jax.lax.stop_gradient(label_score) / (k * tau)
+        above = top[..., k - 2] if k > 1 else jnp.inf
+        gap = jnp.maximum(top[..., k - 1], jnp.minimum(y, above)) - jnp.maximum(
+            top[..., k], jnp.minimum(y, top[..., k - 1])
+        )
+        hard |= gap >= jnp.log(hard_threshold)
     return _finish(rows, jnp.where(hard, _hard(kth, label_score, k, alpha), smooth), few)

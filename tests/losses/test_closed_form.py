@@ -612,7 +612,10 @@ def test_logit_adjust_under_shard_map_normalizes_over_every_shard(shard_map_resu
 
 
 def test_whole_class_vector_under_shard_map_names_the_local_shape(shard_map_results):
-    assert "class_counts must have shape (2,)" in shard_map_results["whole_vector_error"]
+    error = shard_map_results["whole_vector_error"]
+    assert "class_counts must be this device's block" in error
+    assert "shape (2,) for the 2 classes of its logits" in error
+    assert "the whole vector of 8 classes" in error
 
 
 @pytest.mark.parametrize("name", ["balanced_softmax", "logit_adjusted", "ldam"])

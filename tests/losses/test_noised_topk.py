@@ -403,7 +403,8 @@ for name, loss in losses.items():
             jax.eval_shape(whole_counts, logits, labels, where, counts)
             raise AssertionError(name)
         except ValueError as error:
-            assert "class_counts must have shape (2,)" in str(error), error
+            assert "class_counts must be this device's block" in str(error), error
+            assert "shape (2,) for the 2 classes" in str(error), error
 print("ok")
 """
 

@@ -58,5 +58,5 @@ def test_the_polynomial_term_keeps_precision_when_p_y_rounds_to_one():
 def test_bfloat16_in_bfloat16_out_and_bad_epsilon():
     z = jnp.zeros((2, 4), jnp.bfloat16)
     assert jaxloss.poly1_loss(z, jnp.array([0, 1])).dtype == jnp.bfloat16
-    with pytest.raises(ValueError, match=r"epsilon must be in \[-1.0, inf\], got -2"):
+    with pytest.raises(ValueError, match=r"epsilon must be in \[-1.0, inf\] and finite, got -2"):
         jaxloss.poly1_loss(z, jnp.array([0, 1]), epsilon=-2.0)
