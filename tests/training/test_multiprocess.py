@@ -4,12 +4,18 @@ They must compute what one process with four devices computes, write one set of 
 exactly after both are killed.
 """
 
+import fcntl
 import json
 import os
+import pty
+import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 
 import numpy as np
@@ -50,13 +56,13 @@ def _command(workdir, *extra) -> list[str]:
     return [sys.executable, MAIN, f"--workdir={workdir}", *FLAGS, *extra]
 
 
-def _start(command, devices: int = 2) -> subprocess.Popen:
+def _start(command, devices: int = 2, stderr=subprocess.PIPE) -> subprocess.Popen:
     # A session of its own: os.killpg signals the Python process itself (and anything it started).
     return subprocess.Popen(
         command,
         env=_env(devices),
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
         start_new_session=True,
     )
@@ -110,7 +116,7 @@ def _finish(processes) -> list[str]:
 def _one_fatal_line(err: str) -> str:
     """The one ``FATAL`` line of a process that stopped, which printed no traceback."""
     assert "Traceback" not in err, err[-3000:]
-    lines = [line for line in err.splitlines() if line.startswith("FATAL")]
+    lines = re.findall(r"FATAL [^\r\n]*", err)  # (after a progress bar's "\r", on a terminal)
     assert len(lines) == 1, err[-3000:]
     return lines[0]
 
@@ -220,9 +226,46 @@ def test_launch_mistakes_end_every_process_quickly_with_one_line(tmp_path, case)
         assert expected[i] in _one_fatal_line(err), err[-3000:]
 
 
+def _drain(fd: int, chunks: list) -> None:
+    """Reads a terminal's output until every writer closed it."""
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except OSError:  # EIO: no writer left
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+
+
 def test_a_killed_process_stops_the_others_naming_it(tmp_path):
+    # Process 0 writes to a terminal, so it shows the progress bar and updates its loss at every
+    # step: that once ran a computation on process 0 alone, which waited forever for process 1.
     workdir = tmp_path / "run"
-    processes = _start_pair(workdir, "--config.num_epochs=1000", "--heartbeat_timeout=3")
+    port = _free_port()
+    terminal, process_side = pty.openpty()
+    # 24 x 200 characters: a new terminal has 0 columns, into which tqdm draws nothing.
+    fcntl.ioctl(process_side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 200, 0, 0))
+    processes = [
+        _start(
+            _command(
+                workdir,
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+                "--config.num_epochs=1000",
+                "--config.progress_bar=True",
+                "--config.log_every_steps=1",
+                "--heartbeat_timeout=3",
+            ),
+            stderr=process_side if i == 0 else subprocess.PIPE,
+        )
+        for i in range(2)
+    ]
+    os.close(process_side)
+    screen: list[bytes] = []
+    reader = threading.Thread(target=_drain, args=(terminal, screen), daemon=True)
+    reader.start()
     log = workdir / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (log.exists() and log.read_text()) and time.monotonic() < deadline:
@@ -231,9 +274,13 @@ def test_a_killed_process_stops_the_others_naming_it(tmp_path):
     # SIGTERM (a scheduler's first signal) ends a process; JAX alone would only log it.
     _kill(processes[1], signal.SIGTERM)
     killed = time.monotonic()
-    ((_, err),) = _outputs(processes[:1], timeout=60)
+    _outputs(processes[:1], timeout=60)
     assert time.monotonic() - killed < 20
     assert processes[0].returncode == 1
+    reader.join(timeout=30)
+    os.close(terminal)
+    err = b"".join(screen).decode(errors="replace")
+    assert "loss=" in err  # the bar and its postfix were shown
     assert "process 1 stopped sending heartbeats" in _one_fatal_line(err)
 
 
