@@ -30,6 +30,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -38,7 +39,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax._src import distributed as _jax_distributed
+from jax._src import distributed as _jax_distributed  # its client: the key-value store
 from jax.experimental import multihost_utils
 
 __all__ = ["LaunchError", "check_same_config", "initialize", "keep_in_step"]
@@ -116,8 +117,6 @@ def _silence_gloo() -> None:
         "        sys.stdout.buffer.write(line); sys.stdout.buffer.flush()\n"
     )
     # The filter inherits the real stdout; it exits when every writer of the pipe is gone.
-    import subprocess  # noqa: PLC0415 (only multi-process runs need it)
-
     subprocess.Popen([sys.executable, "-S", "-c", code], stdin=read, close_fds=True)
     os.close(read)
     os.dup2(write, sys.stdout.fileno())

@@ -211,7 +211,7 @@ def test_launch_mistakes_end_every_process_quickly_with_one_line(tmp_path, case)
         held = socket.create_server(("", port))
     else:
         flags[1][0] = f"--coordinator_address=127.0.0.1:{_free_port()}"
-    timeouts = ["--initialization_timeout=8", "--heartbeat_timeout=3"]
+    timeouts = ["--initialization_timeout=5", "--heartbeat_timeout=3"]
     try:
         start = time.monotonic()
         processes = [_start(_command(tmp_path, *timeouts, *flags[i])) for i in range(2)]
@@ -220,7 +220,7 @@ def test_launch_mistakes_end_every_process_quickly_with_one_line(tmp_path, case)
     finally:
         if held is not None:
             held.close()
-    assert elapsed < 45  # the 8 s start-up timeout, plus two interpreters starting on 2 cores
+    assert elapsed < 40  # the 5 s start-up timeout, plus two interpreters starting on 2 cores
     for i, (p, (_, err)) in enumerate(zip(processes, outputs, strict=True)):
         assert p.returncode == 1, err[-3000:]
         assert expected[i] in _one_fatal_line(err), err[-3000:]
