@@ -183,15 +183,23 @@ def initialize(
     deadline.start()
     if not show_gloo:
         _silence_gloo()
-    jax.distributed.initialize(
-        coordinator_address,
-        num_processes,
-        process_id,
-        initialization_timeout=initialization_timeout + 60,
-        # JAX's own detection is the fallback: the watchdog's comes first and names the process.
-        heartbeat_timeout_seconds=2 * heartbeat_timeout + 10,
-    )
-    deadline.cancel()
+    try:
+        jax.distributed.initialize(
+            coordinator_address,
+            num_processes,
+            process_id,
+            initialization_timeout=initialization_timeout + 60,
+            # JAX's own detection is the fallback: the watchdog's comes first, naming the process.
+            heartbeat_timeout_seconds=2 * heartbeat_timeout + 10,
+        )
+    except ValueError as error:  # what JAX says when it detects no cluster
+        raise LaunchError(
+            f"--distributed: JAX found no cluster to read the coordinator, the number of "
+            f"processes and this process's id from ({error}): run under SLURM, Open MPI or on a "
+            "Cloud TPU, or give --coordinator_address, --num_processes and --process_id."
+        ) from None
+    finally:
+        deadline.cancel()
     # JAX's preemption notifier catches SIGTERM and only logs it, so `kill`, `timeout` or a
     # scheduler's SIGTERM could not stop a process (a hung one above all): SIGTERM ends it again.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

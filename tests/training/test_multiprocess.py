@@ -346,3 +346,17 @@ def test_processes_kept_in_step_do_not_deadlock_when_one_waits_for_every_result(
     for p, (out, err) in zip(processes, _outputs(processes, timeout=120), strict=True):
         assert p.returncode == 0, err[-3000:]
         assert out.strip() == f"done {4 * 3 * 300:.1f}"  # the 4 x 3 ones after 299 increments
+
+
+def test_distributed_without_a_cluster_says_so_in_one_line(tmp_path):
+    env = {k: v for k, v in _env(1).items() if not k.startswith(("SLURM_", "OMPI_", "TPU_"))}
+    result = subprocess.run(
+        _command(tmp_path / "run", "--distributed"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "--distributed: JAX found no cluster" in _one_fatal_line(result.stderr)
+    assert not (tmp_path / "run").exists()
