@@ -323,7 +323,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jaxloss.training import distributed
 
 process_id, port = int(sys.argv[1]), sys.argv[2]
-distributed.initialize(f"127.0.0.1:{port}", 2, process_id, heartbeat_timeout=5, stall_timeout=5)
+distributed.initialize(f"127.0.0.1:{port}", 2, process_id, stall_timeout=20)  # a hang ends in 20 s
 mesh = Mesh(np.array(jax.devices()), ("data",))
 rows = NamedSharding(mesh, P("data"))
 step = jax.jit(lambda x: (x + 1, jnp.sum(x)), out_shardings=(rows, NamedSharding(mesh, P())))
