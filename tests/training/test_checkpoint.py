@@ -2,6 +2,7 @@
 the config, sharded checksums, a kill during an asynchronous save."""
 
 import glob
+import json
 import logging
 import os
 import shutil
@@ -298,4 +299,21 @@ def test_a_kill_during_an_asynchronous_save_resumes_from_the_previous_checkpoint
         data={"step": 1},
     )
     assert checkpointer.latest_epoch() == 1
+    checkpointer.close()
+
+
+def test_a_checkpoint_with_other_checksums_is_refused_not_called_corrupt(tmp_path):
+    checkpointer = Checkpointer(tmp_path)
+    _save(checkpointer, 0)
+    checkpointer.close()
+    # As an older jaxloss wrote them: SHA-256 digests and no scheme.
+    path = tmp_path / "0" / "checksums" / "metadata"
+    checksums = json.loads(path.read_text())
+    del checksums["scheme"]
+    path.write_text(json.dumps(checksums))
+    checkpointer = Checkpointer(tmp_path)
+    with pytest.raises(CheckpointError, match="written by an older jaxloss") as caught:
+        checkpointer.restore_latest(state=_state(9), best=_best(9), config={"seed": 0})
+    assert "corrupt" not in str(caught.value)
+    assert checkpointer.latest_epoch() == 0  # kept
     checkpointer.close()
