@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -264,12 +264,16 @@ def check_data_fit(
             f"loss.hyperparameters.k must be in [1, {train.num_classes - 1}] for the "
             f"{train.num_classes} classes of {train.name}, got {k}"
         )
-    problem: Callable[..., str | None] = lambda **values: _loss_problem(  # noqa: E731
-        spec,
-        {**hyperparameters, **values},
-        num_classes=train.num_classes,
-        class_counts=class_counts,
-    )
+
+    def problem(**values) -> str | None:
+        """The loss's error for the config's hyperparameters with ``values`` over them."""
+        return _loss_problem(
+            spec,
+            {**hyperparameters, **values},
+            num_classes=train.num_classes,
+            class_counts=class_counts,
+        )
+
     single = None if problems else problem()
     if single is not None:
         name = single.split(" ", 1)[0]
