@@ -1,25 +1,28 @@
 r"""Compares every loss on the embedded data sets with an equal tuning budget, offline, on a CPU.
 
     python experiments/compare.py --workdir results [--config experiments/configs/compare.py]
+    python experiments/compare.py --workdir results --readme README.md   # also the README's table
 
-Writes ``results.md`` (a ranking per setup first), ``results.csv``, ``results.json`` (with every
-tuning trial) and ``*.png`` into the workdir (one sub-folder of logs per run) and prints the
-ranking. The protocol is in ``comparison.py``, the report in ``report.py``.
+Writes ``results.md`` ("which loss when" per setup first, from the verdicts), ``results.csv``,
+``results.json`` (every test value and tuning trial; two runs on one machine write the same
+file) and ``*.png`` into the workdir (one sub-folder of logs per run) and prints the verdicts.
+The protocol is in ``comparison.py``, the report in ``report.py``.
 """
 
 import importlib
 import os
 import shutil
+import subprocess
 import time
 
 import cli
 import comparison
 import jax
+import ml_collections
 import report
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.define_config_file(
     "config",
     os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "compare.py"),
     "The comparison grid.",
@@ -28,9 +31,66 @@ _WORKDIR = flags.DEFINE_string("workdir", "results", "Where tables, plots and ru
 _README = flags.DEFINE_string(
     "readme",
     None,
-    "If set (README.md), replace its comparison table with this run's and copy the plots it shows "
-    "into docs/, so that no figure in it is copied by hand.",
+    "If set (README.md), replace its comparison table with this run's, name the commit it ran "
+    "from, and copy the plots it shows into docs/, so that no figure in it is copied by hand.",
 )
+
+# The plots the README shows (copied into docs/ by --readme).
+README_PLOTS = ("bars_ranking.png", "sensitivity.png", "reliability.png", "per_class_recall.png")
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+    """Raises a ConfigError naming the comparison config's field that cannot run."""
+    comparison.check_protocol(
+        setups=list(config.setups),
+        available=[name for name in cli.available_configs() if name != "compare"],
+        losses=list(config.losses),
+        tuning=config.tuning,
+        num_seeds=config.num_seeds,
+    )
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = True) -> list:
+    """Every (setup, loss) cell of ``config``, in the order setups x losses."""
+    check(config)
+    modules = {setup: importlib.import_module(f"configs.{setup}") for setup in config.setups}
+    found = {}
+    for loss in config.losses:
+        cells = comparison.run_loss(
+            modules,
+            loss,
+            num_seeds=config.num_seeds,
+            top_k=config.top_k,
+            tuning=config.tuning,
+            workdir=workdir,
+            overrides=config.overrides.to_dict(),
+        )
+        for cell in cells:
+            found[cell.setup, loss] = cell
+            if not (verbose and cli.is_reporting_process()):
+                continue
+            selected = "" if cell.tuning is None else f", selected {cell.tuning.selected}"
+            metric = cell.selection_metric
+            print(
+                f"[{cell.setup}] {loss}: test {metric} {cell.metrics[metric].mean():.4f}, "
+                f"ece {cell.metrics['ece'].mean():.4f}{selected} ({cell.seconds:.1f} s)",
+                flush=True,
+            )
+    return [found[setup, loss] for setup in config.setups for loss in config.losses]
+
+
+def _commit() -> str:
+    """The commit this code ran from, and whether the code it imports had uncommitted changes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args):
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "experiments", "jaxloss")
+    return commit + (" (with uncommitted changes)" if dirty else "")
 
 
 def main(argv):
@@ -43,42 +103,17 @@ def main(argv):
     # compiled: a persistent cache turns those compiles into disk reads.
     jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, ".jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    start = time.perf_counter()
-    cells = []
-    for setup in config.setups:
-        module = importlib.import_module(f"configs.{setup}")
-        for loss in config.losses:
-            cell = comparison.run_cell(
-                setup,
-                module,
-                loss,
-                num_seeds=config.num_seeds,
-                top_k=config.top_k,
-                tuning=config.tuning,
-                workdir=os.path.join(_WORKDIR.value, setup, loss),
-            )
-            cells.append(cell)
-            if not cli.is_reporting_process():
-                continue
-            selected = "" if cell.tuning is None else f", selected {cell.tuning.selected}"
-            metric = report.headline_metric([cell])
-            print(
-                f"[{setup}] {loss}: test {metric} {cell.metrics[metric].mean():.4f}, "
-                f"ece {cell.metrics['ece'].mean():.4f}{selected} ({cell.seconds:.1f} s)",
-                flush=True,
-            )
+    start, cpu = time.perf_counter(), os.times()
+    cells = run(config, _WORKDIR.value)
     if not cli.is_reporting_process():
         return
     minutes = (time.perf_counter() - start) / 60
-    trials = config.tuning.trials
-    protocol = (
-        f"{trials} tuning trials per loss and setup (validation, seed {config.tuning.seed}), then "
-        f"{config.num_seeds} seeds"
-        if trials
-        else f"the papers' default hyperparameters, {config.num_seeds} seeds, no tuning"
-    )
+    now = os.times()
+    cpu_minutes = (now.user - cpu.user + now.system - cpu.system) / 60
+    commit = _commit()
     header = (
-        f"# Loss comparison\n\nProtocol: {protocol}. {len(cells)} cells in {minutes:.1f} min.\n"
+        f"# Loss comparison\n\nProtocol: {report.protocol_text(config)}. {len(cells)} cells in "
+        f"{minutes:.1f} min ({cpu_minutes:.1f} CPU min), commit {commit}.\n"
     )
     report.write_report(
         cells,
@@ -89,17 +124,12 @@ def main(argv):
         header=header,
     )
     if _README.value:
-        report.update_readme(cells, _README.value)
+        report.update_readme(cells, _README.value, commit=commit, minutes=minutes)
         docs = os.path.join(os.path.dirname(os.path.abspath(_README.value)), "docs")
-        for name in (
-            "bars_accuracy.png",
-            "reliability.png",
-            "per_class_recall.png",
-            "sensitivity.png",
-        ):
+        for name in README_PLOTS:
             shutil.copy(os.path.join(_WORKDIR.value, name), os.path.join(docs, name))
     print(header)
-    print(report.ranking(cells))
+    print(report.verdict_table(cells))
     print(f"Tables, the tuning record and plots are in {os.path.abspath(_WORKDIR.value)}")
 
 

@@ -25,8 +25,10 @@ def reliability_diagram(
 
     One bar per bin (height: the fraction of correct examples in it, 0 for an empty bin), the
     diagonal of perfect calibration, the gap between each non-empty bin's accuracy and its mean
-    confidence shaded, and the ECE (a fraction) in the legend. Needs matplotlib, which is imported
-    only when this function is called.
+    confidence shaded, each non-empty bin's number of examples written above it (a bin of few
+    examples says little), and the ECE (a fraction) in the legend, which sits below the axes so
+    that it covers no bar. Needs matplotlib, which is imported only when this function is
+    called.
 
     Args:
       bins_or_probs: either accumulated :class:`CalibrationBins` (e.g. merged over an evaluation
@@ -76,7 +78,7 @@ def reliability_diagram(
     described = f"ECE = {ece:.4f}" + (f", {ece_label}" if ece_label else "")
 
     if ax is None:
-        figure = matplotlib.figure.Figure(figsize=(4.5, 4.5))
+        figure = matplotlib.figure.Figure(figsize=(4.5, 5.4), layout="constrained")
         ax = figure.add_subplot()
     width = 1.0 / num
     left = np.arange(num) * width
@@ -93,8 +95,18 @@ def reliability_diagram(
         label=f"gap ({described})",
     )
     ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+    for x, n, top in zip(left[nonempty], count[nonempty], accuracy[nonempty], strict=True):
+        ax.text(
+            x + width / 2,
+            min(top, 0.97) + 0.01,
+            f"{n:.0f}",
+            ha="center",
+            va="bottom",
+            rotation=90,
+            fontsize=6,
+        )
+    ax.set(xlim=(0, 1), ylim=(0, 1.08), xlabel="confidence", ylabel="accuracy")
     if title is not None:
         ax.set_title(title)
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
     return ax.figure
