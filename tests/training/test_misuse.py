@@ -122,10 +122,10 @@ def test_model_parallel_and_batch_sizes_are_checked_against_the_process_layout(t
         check_layout(_with(config, batch_size=6), devices_per_process=[2, 2])
     with pytest.raises(ConfigError, match="the same number of devices, got"):
         check_layout(config, devices_per_process=[2, 1])
-    # On this process's one device, before any data is loaded or anything written.
-    _refused(
-        tiny_config(model_parallel=2), tmp_path / "run", r"model_parallel \(2\) must divide the 1"
-    )
+    # many_classes on this process's one device: refused before its 100,000 examples are drawn.
+    from configs import many_classes
+
+    _refused(many_classes.get_config(), tmp_path / "run", r"model_parallel \(4\) must divide the 1")
 
 
 def test_workdir_that_is_a_file_under_a_file_or_read_only_is_refused(tmp_path):
