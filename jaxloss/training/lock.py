@@ -18,6 +18,7 @@ import json
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 
 import jax
@@ -76,7 +77,7 @@ def _create(path: epath.Path, record: str) -> bool:
             return False
         path.write_text(record)
         return True
-    draft = path.with_name(f"{LOCK_NAME}.{os.getpid()}")
+    draft = path.with_name(f"{LOCK_NAME}.{uuid.uuid4().hex}")  # unique per attempt
     draft.write_text(record)
     try:
         os.link(draft, path)  # atomic, and fails if the lock exists
@@ -93,7 +94,7 @@ def _take_over(path: epath.Path, owner: dict) -> None:
     if not _is_local(path):
         path.unlink(missing_ok=True)
         return
-    moved = path.with_name(f"{LOCK_NAME}.stale.{os.getpid()}")
+    moved = path.with_name(f"{LOCK_NAME}.stale.{uuid.uuid4().hex}")
     try:
         os.rename(path, moved)  # atomic: one run moves the stale lock
     except FileNotFoundError:
