@@ -10,13 +10,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from jaxloss.training import ConfigError, train_and_evaluate
 from jaxloss.training.checks import check_layout
-from jaxloss.training.lock import LOCK_NAME, WorkdirInUseError
+from jaxloss.training.lock import LOCK_NAME, WorkdirInUseError, workdir_lock
 from tests.training.tiny import tiny_config
 
 
@@ -177,3 +178,25 @@ def test_a_second_run_in_a_workdir_stops_naming_the_first_and_a_stale_lock_is_ta
     # Its process is gone: the lock is stale, the next run takes it over and releases it.
     assert train_and_evaluate(tiny_config(num_epochs=1), str(tmp_path))["history"]
     assert not os.path.exists(tmp_path / LOCK_NAME)
+
+
+def test_runs_started_together_in_one_workdir_get_its_lock_once(tmp_path):
+    start = threading.Barrier(8)
+    outcomes = []
+
+    def run():
+        start.wait()
+        try:
+            with workdir_lock(tmp_path):
+                outcomes.append("held")
+                time.sleep(0.5)  # holds it while the others try
+        except WorkdirInUseError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["held"] + ["refused"] * 7
+    assert os.listdir(tmp_path) == []  # released, no draft left behind
