@@ -15,7 +15,11 @@ the workdir stops at once, naming the first (``<workdir>/run.lock``).
 
 Many processes (GPU hosts, TPU pods) run the same command with JAX's runtime: ``--distributed`` (JAX
 detects SLURM, Cloud TPU, Open MPI) or ``--coordinator_address=HOST:PORT --num_processes=N
---process_id=I``. The workdir must be storage every process shares; process 0 writes the logs.
+--process_id=I``. The workdir must be storage every process shares; process 0 writes the logs. A
+launch mistake, a dead process or a hang ends every process with one ``FATAL`` line:
+``--initialization_timeout`` (s to connect, default 120), ``--heartbeat_timeout`` (s of silence
+that makes a process dead, 30) and ``--stall_timeout`` (s that every process may wait in one
+place, 300) set when (README, "Multi-host").
 """
 
 import os
