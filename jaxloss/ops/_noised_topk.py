@@ -86,7 +86,14 @@ class _Draws:
         lanes = (1,) * len(batch)
 
         def classes_then_batch(values):  # (..., C) -> (1, C, ...)
-            return None if values is None else jnp.moveaxis(values, -1, 0)[None]
+            if values is None:
+                return None
+            # Gathered, not transposed: XLA turns a transpose into a layout that the draws'
+            # fusion would read across the grain (0.65 instead of 0.4 ms at 256 x 100 x 10).
+            size = int(np.prod(batch))
+            order = np.arange(size * num_classes).reshape(size, num_classes).T.reshape(-1)
+            values = jnp.take(values.reshape(-1), order, unique_indices=True)
+            return values.reshape((1, num_classes) + batch)
 
         x, where = classes_then_batch(self.x), classes_then_batch(self.where)
         noise = None
