@@ -609,18 +609,24 @@ def plot_sensitivity(cells: Sequence[Cell], path: str) -> None:
             # At each rate, the trial the selection rule ranks first.
             picked = np.asarray([min(np.flatnonzero(rates == r), key=rank.get) for r in unique])
             style = _style(losses, c.loss)
-            ax.plot(unique, means[picked], color=style["color"], lw=1, label=c.loss)
-            ok = stable[picked]
-            ax.scatter(
-                unique[ok], means[picked][ok], color=style["color"], marker=style["marker"], s=18
+            ax.plot(
+                unique,
+                means[picked],
+                color=style["color"],
+                marker=style["marker"],
+                ms=4,
+                lw=1,
+                label=c.loss,
             )
+            unstable = ~stable[picked]
             ax.scatter(
-                unique[~ok],
-                means[picked][~ok],
-                facecolors="none",
+                unique[unstable],
+                means[picked][unstable],
+                facecolors="white",
                 edgecolors=style["color"],
                 marker=style["marker"],
-                s=18,
+                s=16,
+                zorder=3,
             )
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
