@@ -211,7 +211,9 @@ def test_launch_mistakes_end_every_process_quickly_with_one_line(tmp_path, case)
         held = socket.create_server(("", port))
     else:
         flags[1][0] = f"--coordinator_address=127.0.0.1:{_free_port()}"
-    timeouts = ["--initialization_timeout=5", "--heartbeat_timeout=3"]
+    # 5 s to connect where the launch cannot; where it can, time for two interpreters under load.
+    connect = 30 if case == "num_processes" else 5
+    timeouts = [f"--initialization_timeout={connect}", "--heartbeat_timeout=3"]
     try:
         start = time.monotonic()
         processes = [_start(_command(tmp_path, *timeouts, *flags[i])) for i in range(2)]
