@@ -6,43 +6,23 @@ trace time; randomness only through an explicit ``key`` (or injected noise); 16-
 float32 and returned in their own dtype.
 """
 
-from jaxloss.losses._confidence import confidence_penalty_loss, softmax_focal_loss
-from jaxloss.losses._exact import exact_loss
-from jaxloss.losses._label_relaxation import label_relaxation_loss
-from jaxloss.losses._logit_adjustment import (
-    balanced_softmax_loss,
-    logit_adjust,
-    logit_adjusted_loss,
-)
-from jaxloss.losses._noised_topk import (
-    balanced_noised_topk_loss,
-    imbalanced_noised_topk_loss,
-    ldam_loss,
-    ldam_margins,
-)
-from jaxloss.losses._poly import poly1_loss
+from jaxloss.losses._logit_adjustment import logit_adjust
+from jaxloss.losses._noised_topk import ldam_margins
 from jaxloss.losses._registry import available_losses, get_loss, loss_spec
 from jaxloss.losses._spec import LossSpec, Range
-from jaxloss.losses._topk_svm import smooth_topk_svm_loss, topk_svm_loss
+
+# Every registered loss under its function's name, read from the specs: a new loss module is
+# exported without a line here.
+_LOSSES = {loss_spec(name).fn.__name__: loss_spec(name).fn for name in available_losses()}
+globals().update(_LOSSES)
 
 __all__ = [
-    "smooth_topk_svm_loss",
-    "topk_svm_loss",
+    *_LOSSES,
     "LossSpec",
     "Range",
     "available_losses",
     "get_loss",
     "loss_spec",
-    "balanced_softmax_loss",
-    "confidence_penalty_loss",
-    "exact_loss",
-    "label_relaxation_loss",
     "logit_adjust",
-    "logit_adjusted_loss",
-    "poly1_loss",
-    "softmax_focal_loss",
-    "balanced_noised_topk_loss",
-    "imbalanced_noised_topk_loss",
-    "ldam_loss",
     "ldam_margins",
 ]

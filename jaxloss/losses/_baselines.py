@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from jaxloss import _validation
 from jaxloss.losses import _softmax
+from jaxloss.losses._spec import LossSpec, Range
 
 __all__ = ["cross_entropy_loss", "label_smoothing_loss"]
 
@@ -65,3 +66,14 @@ def label_smoothing_loss(
     uniform = ce + classes.label_value(z, inputs.labels) - mean_logit
     smoothed = (1.0 - alpha) * ce + alpha * uniform
     return inputs.finish(jnp.where(count > 0, smoothed, 0.0))
+
+
+SPECS = (
+    LossSpec("cross_entropy", cross_entropy_loss),
+    LossSpec(
+        "label_smoothing",
+        label_smoothing_loss,
+        ranges={"alpha": Range(0.01, 0.3)},
+        tuned=("alpha",),
+    ),
+)

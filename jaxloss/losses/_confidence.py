@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from jaxloss import _validation
 from jaxloss.losses import _softmax
+from jaxloss.losses._spec import LossSpec, Range
 
 
 def confidence_penalty_loss(
@@ -167,3 +168,20 @@ def softmax_focal_loss(
         ).astype(loss.dtype)
         loss = classes.take(weights, labels) * loss
     return inputs.finish(loss)
+
+
+SPECS = (
+    LossSpec(
+        "confidence_penalty",
+        confidence_penalty_loss,
+        defaults={"beta": 0.3},
+        ranges={"beta": Range(0.01, 1.0)},
+        tuned=("beta",),
+    ),
+    LossSpec(
+        "focal",
+        softmax_focal_loss,
+        ranges={"gamma": Range(0.0, 5.0, log=False)},
+        tuned=("gamma",),
+    ),
+)

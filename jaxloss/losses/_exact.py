@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxloss import _autodiff, _validation
+from jaxloss import _autodiff, _validation, optim
+from jaxloss.losses._spec import LossSpec, Range
 from jaxloss.ops._orthant import check_key, gaussian_orthant_probability
 
 __all__ = ["exact_loss"]
@@ -287,3 +288,31 @@ def exact_loss(
         class_axis_name=None if whole_rows else class_axis_name,
     )
     return prepared.finish(1.0 - probability)
+
+
+def _temperature_schedule(*, num_epochs, steps_per_epoch, initial_variance, min_variance):
+    """EXACT's vision recipe: the noise variance decays geometrically per epoch; T = sqrt(v)."""
+    variance = optim.variance_schedule(
+        num_epochs, steps_per_epoch, min_variance=min_variance, init_variance=initial_variance
+    )
+    return lambda step: {"temperature": jnp.sqrt(variance(step))}
+
+
+def _quadrature(shape, rng, hyperparameters):
+    """The deterministic method: the same values on every device and in every run."""
+    del shape, rng, hyperparameters
+    return {"method": "quadrature"}
+
+
+SPECS = (
+    LossSpec(
+        "exact",
+        exact_loss,
+        ranges={"temperature": Range(0.1, 10.0), "margin": Range(0.1, 10.0)},
+        tuned=("margin",),
+        schedule=_temperature_schedule,
+        schedule_defaults={"initial_variance": 100.0, "min_variance": 1.0},
+        optimizer={"gradient_normalizer": True},
+        reproducible=_quadrature,
+    ),
+)

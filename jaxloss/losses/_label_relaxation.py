@@ -8,6 +8,7 @@ from jax.scipy.special import xlogy
 
 from jaxloss import _validation
 from jaxloss.losses import _softmax
+from jaxloss.losses._spec import LossSpec, Range
 
 
 def label_relaxation_loss(
@@ -92,3 +93,13 @@ def label_relaxation_loss(
         - alpha * log_rest
     )
     return inputs.finish(jnp.where(inside, 0.0, outside))
+
+
+SPECS = (
+    LossSpec(
+        "label_relaxation",
+        label_relaxation_loss,
+        ranges={"alpha": Range(0.01, 0.5)},
+        tuned=("alpha",),
+    ),
+)

@@ -9,6 +9,7 @@ import numpy as np
 from jaxloss import _validation
 from jaxloss._classes import ClassAxis
 from jaxloss.losses import _softmax
+from jaxloss.losses._spec import LossSpec, Range
 
 
 def _log_prior(values, inputs: _validation.Prepared) -> jax.Array:
@@ -228,3 +229,14 @@ def logit_adjust(
     )
     shift = tau * _log_prior(class_counts, inputs)
     return jnp.moveaxis(inputs.logits - shift, -1, axis).astype(inputs.out_dtype)
+
+
+SPECS = (
+    LossSpec("balanced_softmax", balanced_softmax_loss),
+    LossSpec(
+        "logit_adjusted",
+        logit_adjusted_loss,
+        ranges={"tau": Range(0.25, 2.0, log=False)},
+        tuned=("tau",),
+    ),
+)

@@ -11,6 +11,7 @@ import numpy as np
 from jaxloss import _autodiff, _validation
 from jaxloss._classes import WHOLE, ClassAxis
 from jaxloss.losses._softmax import cross_entropy
+from jaxloss.losses._spec import LossSpec, Range
 from jaxloss.ops._noised_topk import noised_topk
 
 __all__ = [
@@ -345,3 +346,41 @@ def ldam_loss(
     )
     loss = cross_entropy(scale * shifted, prepared.labels, where=prepared.where, classes=classes)
     return prepared.finish(loss)
+
+
+def _injected_noise(shape, rng, hyperparameters):
+    """The noised top-k losses' standard-normal draws, one set per example: they shard with it."""
+    draws = rng.standard_normal(tuple(shape) + (hyperparameters["sample_size"],))
+    return {"noise": jnp.asarray(draws, jnp.float32), "key": None}
+
+
+SPECS = (
+    LossSpec(
+        "balanced_noised_topk",
+        balanced_noised_topk_loss,
+        defaults={"k": 5, "epsilon": 1.0},
+        ranges={"epsilon": Range(0.05, 5.0)},
+        tuned=("epsilon",),
+        reproducible=_injected_noise,
+    ),
+    LossSpec(
+        "imbalanced_noised_topk",
+        imbalanced_noised_topk_loss,
+        defaults={"k": 5, "epsilon": 0.01, "max_m": 0.2},
+        ranges={
+            "epsilon": Range(1e-3, 0.1),
+            "max_m": Range(0.05, 0.5),
+            "scale": Range(10.0, 100.0),
+        },
+        tuned=("max_m",),
+        logit_scale="scale",
+        reproducible=_injected_noise,
+    ),
+    LossSpec(
+        "ldam",
+        ldam_loss,
+        ranges={"max_m": Range(0.05, 1.0), "scale": Range(10.0, 100.0)},
+        tuned=("max_m",),
+        logit_scale="scale",
+    ),
+)

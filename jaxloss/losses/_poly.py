@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from jaxloss import _validation
 from jaxloss.losses import _softmax
+from jaxloss.losses._spec import LossSpec, Range
 
 __all__ = ["poly1_loss"]
 
@@ -69,3 +70,13 @@ def poly1_loss(
     ce = jnp.log(parts.total) - parts.label
     rest = parts.rest / parts.total
     return inputs.finish(ce + epsilon * rest)
+
+
+SPECS = (
+    LossSpec(
+        "poly1",
+        poly1_loss,
+        ranges={"epsilon": Range(-1.0, 4.0, log=False)},
+        tuned=("epsilon",),
+    ),
+)

@@ -1,5 +1,10 @@
 """Every loss by name: one :class:`LossSpec` each, and one calling convention for training loops.
 
+Each loss module declares the specs of its losses beside their functions, in a module-level
+``SPECS`` tuple; the registry collects them from every module of :mod:`jaxloss.losses`, so adding a
+loss is its module (and its test): nothing here, in ``__init__`` or in the registry-driven tests
+changes.
+
 ``get_loss(name, **hyperparameters)`` returns ``fn(logits, labels, *, key) -> per-example loss``.
 Deterministic losses ignore ``key``; stochastic ones (EXACT, the noised top-k losses) draw their noise
 from it. Hyperparameters are checked against the loss's own keyword arguments when the callable is
@@ -8,148 +13,48 @@ made, so a typo fails before any compilation.
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import pkgutil
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxloss import optim
-from jaxloss.losses import _baselines
-from jaxloss.losses._confidence import confidence_penalty_loss, softmax_focal_loss
-from jaxloss.losses._exact import exact_loss
-from jaxloss.losses._label_relaxation import label_relaxation_loss
-from jaxloss.losses._logit_adjustment import balanced_softmax_loss, logit_adjusted_loss
-from jaxloss.losses._noised_topk import (
-    balanced_noised_topk_loss,
-    imbalanced_noised_topk_loss,
-    ldam_loss,
-)
-from jaxloss.losses._poly import poly1_loss
-from jaxloss.losses._spec import LossSpec, Range
-from jaxloss.losses._topk_svm import smooth_topk_svm_loss, topk_svm_loss
+from jaxloss.losses._spec import LossSpec
 
 __all__ = ["available_losses", "get_loss", "loss_spec"]
 
-
-def _exact_temperature(*, num_epochs, steps_per_epoch, initial_variance, min_variance):
-    """EXACT's vision recipe: the noise variance decays geometrically per epoch; T = sqrt(v)."""
-    variance = optim.variance_schedule(
-        num_epochs, steps_per_epoch, min_variance=min_variance, init_variance=initial_variance
-    )
-    return lambda step: {"temperature": jnp.sqrt(variance(step))}
-
-
-def _injected_noise(shape, rng, hyperparameters):
-    """The noised top-k losses' standard-normal draws, one set per example: they shard with it."""
-    draws = rng.standard_normal(tuple(shape) + (hyperparameters["sample_size"],))
-    return {"noise": jnp.asarray(draws, jnp.float32), "key": None}
-
-
-def _quadrature(shape, rng, hyperparameters):
-    del shape, rng, hyperparameters
-    return {"method": "quadrature"}
-
-
-_SPECS = (
-    LossSpec("cross_entropy", _baselines.cross_entropy_loss),
-    LossSpec(
-        "label_smoothing",
-        _baselines.label_smoothing_loss,
-        ranges={"alpha": Range(0.01, 0.3)},
-        tuned=("alpha",),
-    ),
-    LossSpec(
-        "exact",
-        exact_loss,
-        ranges={"temperature": Range(0.1, 10.0), "margin": Range(0.1, 10.0)},
-        tuned=("margin",),
-        schedule=_exact_temperature,
-        schedule_defaults={"initial_variance": 100.0, "min_variance": 1.0},
-        optimizer={"gradient_normalizer": True},
-        reproducible=_quadrature,
-    ),
-    LossSpec(
-        "smooth_topk_svm",
-        smooth_topk_svm_loss,
-        defaults={"k": 5},
-        ranges={
-            "tau": Range(0.05, 5.0),
-            "alpha": Range(0.1, 2.0),
-            "hard_threshold": Range(10.0, 1e4),
-        },
-        tuned=("tau",),
-    ),
-    LossSpec(
-        "topk_svm",
-        topk_svm_loss,
-        defaults={"k": 5},
-        ranges={"alpha": Range(0.1, 2.0)},
-        tuned=("alpha",),
-    ),
-    LossSpec(
-        "balanced_noised_topk",
-        balanced_noised_topk_loss,
-        defaults={"k": 5, "epsilon": 1.0},
-        ranges={"epsilon": Range(0.05, 5.0)},
-        tuned=("epsilon",),
-        reproducible=_injected_noise,
-    ),
-    LossSpec(
-        "imbalanced_noised_topk",
-        imbalanced_noised_topk_loss,
-        defaults={"k": 5, "epsilon": 0.01, "max_m": 0.2},
-        ranges={
-            "epsilon": Range(1e-3, 0.1),
-            "max_m": Range(0.05, 0.5),
-            "scale": Range(10.0, 100.0),
-        },
-        tuned=("max_m",),
-        logit_scale="scale",
-        reproducible=_injected_noise,
-    ),
-    LossSpec(
-        "ldam",
-        ldam_loss,
-        ranges={"max_m": Range(0.05, 1.0), "scale": Range(10.0, 100.0)},
-        tuned=("max_m",),
-        logit_scale="scale",
-    ),
-    LossSpec(
-        "label_relaxation",
-        label_relaxation_loss,
-        ranges={"alpha": Range(0.01, 0.5)},
-        tuned=("alpha",),
-    ),
-    LossSpec(
-        "confidence_penalty",
-        confidence_penalty_loss,
-        defaults={"beta": 0.3},
-        ranges={"beta": Range(0.01, 1.0)},
-        tuned=("beta",),
-    ),
-    LossSpec(
-        "focal",
-        softmax_focal_loss,
-        ranges={"gamma": Range(0.0, 5.0, log=False)},
-        tuned=("gamma",),
-    ),
-    LossSpec(
-        "poly1",
-        poly1_loss,
-        ranges={"epsilon": Range(-1.0, 4.0, log=False)},
-        tuned=("epsilon",),
-    ),
-    LossSpec("balanced_softmax", balanced_softmax_loss),
-    LossSpec(
-        "logit_adjusted",
-        logit_adjusted_loss,
-        ranges={"tau": Range(0.25, 2.0, log=False)},
-        tuned=("tau",),
-    ),
+# The order of available_losses(): the seeds' families first, as they have always been listed; a
+# module not named here is collected after them, in name order. (Only the order: membership is
+# whatever the modules declare.)
+_FAMILIES = (
+    "_baselines",
+    "_exact",
+    "_topk_svm",
+    "_noised_topk",
+    "_label_relaxation",
+    "_confidence",
+    "_poly",
+    "_logit_adjustment",
 )
-_REGISTRY: dict[str, LossSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def _collect() -> dict[str, LossSpec]:
+    """The ``SPECS`` of every module of this package, by name; a name declared twice is an error."""
+    found = {info.name for info in pkgutil.iter_modules([str(Path(__file__).parent)])}
+    registry: dict[str, LossSpec] = {}
+    for module in (*_FAMILIES, *sorted(found - set(_FAMILIES))):
+        for spec in getattr(importlib.import_module(f"{__package__}.{module}"), "SPECS", ()):
+            if spec.name in registry:
+                raise ValueError(f"Loss {spec.name!r} is registered twice (in {module}).")
+            registry[spec.name] = spec
+    return registry
+
+
+_REGISTRY: dict[str, LossSpec] = _collect()
 
 
 def available_losses() -> tuple[str, ...]:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from jaxloss import _autodiff, _validation
 from jaxloss.losses._softmax import row_max
+from jaxloss.losses._spec import LossSpec, Range
 from jaxloss.ops import _esf
 
 # Entries that take no part in the ESF (the label, masked classes) sit this far below the smallest
@@ -308,3 +309,25 @@ def smooth_topk_svm_loss(
         )
         hard |= gap >= jnp.log(hard_threshold)
     return _finish(rows, jnp.where(hard, _hard(kth, label_score, k, alpha), smooth), few)
+
+
+SPECS = (
+    LossSpec(
+        "smooth_topk_svm",
+        smooth_topk_svm_loss,
+        defaults={"k": 5},
+        ranges={
+            "tau": Range(0.05, 5.0),
+            "alpha": Range(0.1, 2.0),
+            "hard_threshold": Range(10.0, 1e4),
+        },
+        tuned=("tau",),
+    ),
+    LossSpec(
+        "topk_svm",
+        topk_svm_loss,
+        defaults={"k": 5},
+        ranges={"alpha": Range(0.1, 2.0)},
+        tuned=("alpha",),
+    ),
+)

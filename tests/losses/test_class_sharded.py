@@ -10,10 +10,19 @@ device, in both forms:
 - ``shard_map``: the loss inside ``jax.shard_map`` given ``class_axis_name='model'``, each device
   seeing its own block of classes (``jaxloss._classes.ClassAxis`` combines the shards).
 
+The cases are every registered loss, read from its spec (its defaults, its reproducible noise or
+method, its class counts), so a new loss is covered without touching this file; and variants that
+take other paths: the closed-form top-1 smooth SVM, per-class focal weights, EXACT with truncation.
+How the shards combine: closed forms by sums and maxima; the top-k losses and EXACT's truncation
+merge each shard's k candidates (``jaxloss._selection.top_k``); ``log_esf`` multiplies each shard's
+product-tree root; EXACT's quadrature sums log-CDF terms; the noised top-k selects each draw's k-th
+from the shards' candidates and builds its one-hot gradient on each device's own classes.
+
 One 4-device subprocess compiles every case in both forms on a 2 (data) x 2 (model) and a 1 x 4
 mesh and reports what failed per loss and form; each is then its own test. EXACT's Genz
-estimator without truncation is not a case: it gathers rows (it is sequential over the sorted
-competitors), and ``test_exact.py`` checks its values.
+estimator without truncation is not a case (the registered EXACT is its deterministic quadrature):
+it gathers rows (it is sequential over the sorted competitors), and ``test_exact.py`` checks its
+values.
 """
 
 from __future__ import annotations
@@ -22,10 +31,11 @@ import json
 
 import pytest
 
+import jaxloss
 from tests import testing
 
 _CODE = """
-import json, re
+import inspect, json, re
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import jaxloss
@@ -39,59 +49,50 @@ per_class = {
     "class_counts": jnp.asarray(np.arange(1.0, classes + 1) * 10, jnp.float32),
     "class_weights": jnp.asarray(np.linspace(0.5, 2.0, classes), jnp.float32),
 }
-noise = jnp.asarray(rng.standard_normal((batch, classes, 5)), jnp.float32)
 key = jax.random.key(0)
-
-# name -> (loss of (logits, labels, arrays, **options), the arrays it takes, each with its partition
-# spec). Under shard_map the options hold class_axis_name="model".
-counts = {"class_counts": P("model")}
-drawn = {"noise": P("data", "model", None)}
-
-
-def exact(**kwargs):
-    # Inside shard_map the normalization's statistics are the whole batch's with axis_name only.
-    return lambda z, y, a, **o: jaxloss.exact_loss(
-        z, y, **kwargs, **a, **o, **({"axis_name": "data"} if o else {}))
-
-
-# (k, N, batch): EXACT's injected uniforms shard with the batch.
-uniforms = jax.random.uniform(jax.random.key(1), (5, 16, batch))
-CASES = {
-    "cross_entropy": (
-        lambda z, y, a, **o: jaxloss.get_loss("cross_entropy")(z, y, key=key, **o), {}),
-    "label_smoothing": (
-        lambda z, y, a, **o: jaxloss.get_loss("label_smoothing", alpha=0.1)(z, y, key=key, **o),
-        {}),
-    "label_relaxation": (
-        lambda z, y, a, **o: jaxloss.label_relaxation_loss(z, y, alpha=0.1, **o), {}),
-    "confidence_penalty": (
-        lambda z, y, a, **o: jaxloss.confidence_penalty_loss(z, y, beta=0.3, **o), {}),
-    "focal": (
-        lambda z, y, a, **o: jaxloss.softmax_focal_loss(z, y, gamma=2.0, **a, **o),
-        {"class_weights": P("model")}),
-    "poly1": (lambda z, y, a, **o: jaxloss.poly1_loss(z, y, epsilon=1.0, **o), {}),
-    "balanced_softmax": (
-        lambda z, y, a, **o: jaxloss.balanced_softmax_loss(z, y, **a, **o), counts),
-    "logit_adjusted": (
-        lambda z, y, a, **o: jaxloss.logit_adjusted_loss(z, y, tau=0.7, **a, **o), counts),
-    "ldam": (
-        lambda z, y, a, **o: jaxloss.ldam_loss(z, y, max_m=0.5, scale=10.0, **a, **o), counts),
-    "topk_svm": (lambda z, y, a, **o: jaxloss.topk_svm_loss(z, y, k=2, **o), {}),
-    "smooth_topk_svm": (lambda z, y, a, **o: jaxloss.smooth_topk_svm_loss(z, y, k=2, **o), {}),
-    "smooth_topk_svm_k1": (
-        lambda z, y, a, **o: jaxloss.smooth_topk_svm_loss(z, y, k=1, **o), {}),
-    "balanced_noised_topk": (
-        lambda z, y, a, **o: jaxloss.balanced_noised_topk_loss(z, y, k=2, epsilon=1.0, **a, **o),
-        drawn),
-    "imbalanced_noised_topk": (
-        lambda z, y, a, **o: jaxloss.imbalanced_noised_topk_loss(
-            z, y, k=2, epsilon=0.01, max_m=0.2, **a, **o),
-        {**drawn, **counts}),
-    "exact_quadrature": (exact(method="quadrature"), {}),
-    "exact_quadrature_truncated": (exact(method="quadrature", truncate_classes=5), {}),
-    "exact_genz_truncated": (exact(truncate_classes=5), {"uniforms": P(None, None, "data")}),
+# Each array a loss may take, with its partition spec. Under shard_map the options hold
+# class_axis_name="model".
+SPECS = {
+    "class_counts": P("model"),
+    "class_weights": P("model"),
+    "noise": P("data", "model", None),
+    "uniforms": P(None, None, "data"),
 }
-values = {**per_class, "noise": noise, "uniforms": uniforms}
+
+
+def registered(name, **overrides):
+    # A registered loss at its spec's defaults (top-k at k = 2), its randomness made reproducible
+    # by the spec (injected noise that shards with the logits, or a deterministic method).
+    spec = jaxloss.loss_spec(name)
+    kwargs = spec.hyperparameters()
+    kwargs.update({"k": 2} if "k" in kwargs else {})
+    if spec.reproducible is not None:
+        kwargs.update(spec.reproducible((batch, classes), rng, kwargs))
+    elif spec.stochastic:
+        kwargs["key"] = key
+    kwargs.update(overrides)
+    arrays = {n: kwargs.pop(n) for n in list(kwargs) if n in SPECS}
+    if spec.needs_class_counts:
+        arrays["class_counts"] = per_class["class_counts"]
+    # A loss that couples the examples (EXACT's statistics) takes the mapped batch axis.
+    couples = "axis_name" in inspect.signature(spec.fn).parameters
+
+    def fn(z, y, a, **o):
+        return spec.fn(z, y, **kwargs, **a, **o, **({"axis_name": "data"} if o and couples else {}))
+
+    return fn, arrays
+
+
+# name -> (loss of (logits, labels, arrays, **options), the arrays it takes): every registered loss,
+# and variants of some that take other paths (k = 1, truncation, per-class weights).
+CASES = {name: registered(name) for name in jaxloss.available_losses()}
+CASES["smooth_topk_svm_k1"] = registered("smooth_topk_svm", k=1)
+CASES["focal_weighted"] = registered("focal", class_weights=per_class["class_weights"])
+CASES["exact_quadrature_truncated"] = registered("exact", truncate_classes=5)
+# (k, N, batch): EXACT's injected uniforms shard with the batch.
+CASES["exact_genz_truncated"] = registered(
+    "exact", method="genz", truncate_classes=5,
+    uniforms=jax.random.uniform(jax.random.key(1), (5, 16, batch)))
 
 COLLECTIVE = re.compile(
     r"= ([^=]+?) (all-gather|all-to-all|collective-permute|all-reduce|reduce-scatter)(?:-start)?\\("
@@ -120,8 +121,8 @@ def class_sharded(fn, specs, mesh):
     )
 
 
-def check(fn, specs, form):
-    arrays = {name: values[name] for name in specs}
+def check(fn, arrays, form):
+    specs = {name: SPECS[name] for name in arrays}
     mean = lambda fn: jax.value_and_grad(lambda z, y, a: jnp.mean(fn(z, y, a)))
     ref_val, ref_grad = jax.jit(mean(fn))(z, y, arrays)
     failures = []
@@ -130,7 +131,7 @@ def check(fn, specs, form):
         put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
         args = (put(z, P("data", "model")), put(y, P("data")),
                 {name: put(x, specs[name]) for name, x in arrays.items()})
-        loss = fn if form == "jit" else class_sharded(fn, {n: specs[n] for n in arrays}, mesh)
+        loss = fn if form == "jit" else class_sharded(fn, specs, mesh)
         compiled = jax.jit(mean(loss)).lower(*args).compile()
         val, grad = compiled(*args)
         where = f"{d}x{m}"
@@ -145,44 +146,22 @@ def check(fn, specs, form):
 
 
 results = {}
-for name, (fn, specs) in CASES.items():
+for name, (fn, arrays) in CASES.items():
     for form in ("jit", "shard_map"):
         try:
-            results[f"{name}/{form}"] = check(fn, specs, form)
+            results[f"{name}/{form}"] = check(fn, arrays, form)
         except Exception as error:  # one broken loss must not hide the others' results
             results[f"{name}/{form}"] = [f"{type(error).__name__}: {str(error)[:2000]}"]
 print(json.dumps(results))
 """
 
-CLOSED_FORM = (
-    "cross_entropy",
-    "label_smoothing",
-    "label_relaxation",
-    "confidence_penalty",
-    "focal",
-    "poly1",
-    "balanced_softmax",
-    "logit_adjusted",
-    "ldam",
+# Variants of registered losses that take other code paths.
+VARIANTS = (
+    "smooth_topk_svm_k1",
+    "focal_weighted",
+    "exact_quadrature_truncated",
+    "exact_genz_truncated",
 )
-
-# Top-k from each class shard's own top k, merged: only k candidates per shard cross devices
-# (jaxloss._selection.top_k).
-SHARD_CANDIDATES = ("topk_svm", "exact_quadrature_truncated", "exact_genz_truncated")
-
-# log_esf's product tree multiplies neighbouring classes, so each shard reduces its own classes;
-# only the last levels' nodes (k coefficients per shard and example) and the top-k candidates cross
-# devices (jaxloss.ops._esf).
-ESF_TREE = ("smooth_topk_svm", "smooth_topk_svm_k1")
-
-# EXACT's quadrature sums log-CDF terms over the whole row, the label's class excluded by a mask:
-# only per-example, per-node partial sums cross devices.
-CLASS_SUMS = ("exact_quadrature",)
-
-# The noised top-k's threshold from the class-sharded top_k of every draw; its one-hot gradient is
-# built from the draws themselves, so each device builds its own classes' part
-# (jaxloss.ops._noised_topk).
-DRAW_CANDIDATES = ("balanced_noised_topk", "imbalanced_noised_topk")
 
 
 @pytest.fixture(scope="module")
@@ -192,9 +171,7 @@ def failures() -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("form", ["jit", "shard_map"])
-@pytest.mark.parametrize(
-    "name", [*CLOSED_FORM, *SHARD_CANDIDATES, *ESF_TREE, *CLASS_SUMS, *DRAW_CANDIDATES]
-)
+@pytest.mark.parametrize("name", [*jaxloss.available_losses(), *VARIANTS])
 def test_class_sharded_logits_match_single_device_without_gathering_rows(failures, name, form):
     found = failures[f"{name}/{form}"]
     assert found == [], "\n".join(found)
