@@ -292,7 +292,7 @@ from jax.experimental import multihost_utils
 from jaxloss.training import distributed
 
 process_id, port = int(sys.argv[1]), sys.argv[2]
-distributed.initialize(f"127.0.0.1:{port}", 2, process_id, heartbeat_timeout=2, stall_timeout=3)
+distributed.initialize(f"127.0.0.1:{port}", 2, process_id, heartbeat_timeout=10, stall_timeout=3)
 if process_id == 0:
     multihost_utils.sync_global_devices("a collective that process 1 skips")
 else:
