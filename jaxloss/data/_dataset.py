@@ -22,6 +22,11 @@ class Dataset:
       name: a short description, e.g. ``"digits/train"`` or ``"cifar10/train/lt-exp-100"``.
       metadata: free-form facts about how the data was made (standardization constants, imbalance
         factor, effective label-noise rate, ...).
+
+    Example:
+      >>> ds = Dataset(np.zeros((4, 2), np.float32), np.array([0, 1, 1, 0]), 2, ("a", "b"), "toy")
+      >>> ds.num_examples, ds.class_names
+      (4, ('a', 'b'))
     """
 
     features: np.ndarray

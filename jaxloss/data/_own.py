@@ -175,6 +175,19 @@ class ImageFolderSource(Source):
       feature_shape: (H, W, C) of every image.
       name: a short description.
       normalization: the device-side :class:`Normalization` (default: cast only).
+
+    Example:
+      >>> import tempfile
+      >>> from PIL import Image
+      >>> root = tempfile.mkdtemp()
+      >>> for i in range(2):
+      ...     Image.fromarray(np.full((3, 4), 10 * i, np.uint8)).save(f"{root}/{i}.png")
+      >>> source = ImageFolderSource([f"{root}/0.png", f"{root}/1.png"], [0, 1],
+      ...                            class_names=("dark", "light"), feature_shape=(3, 4, 1),
+      ...                            name="toy")
+      >>> batch = source.read([1])
+      >>> batch["features"].shape, batch["features"].max(), batch["labels"].tolist()
+      ((1, 3, 4, 1), np.uint8(10), [1])
     """
 
     def __init__(
@@ -382,6 +395,15 @@ def open_path(path: str, *, seed: int = 0) -> dict[str, Source]:
 
     Returns:
       ``{"train": Source, "validation": Source, "test": Source}``.
+
+    Example:
+      >>> import tempfile
+      >>> path = f"{tempfile.mkdtemp()}/toy.npz"
+      >>> x, y = np.zeros((40, 4, 4), np.uint8), np.arange(40) % 2
+      >>> np.savez(path, x_train=x, y_train=y, x_test=x[:6], y_test=y[:6], class_names=["a", "b"])
+      >>> splits = open_path(path)
+      >>> {split: len(s) for split, s in splits.items()}, splits["train"].class_names
+      ({'train': 36, 'validation': 4, 'test': 6}, ('a', 'b'))
     """
     return _finish(open_raw(path), seed=seed, origin=os.fspath(path))
 
@@ -428,6 +450,15 @@ def check_splits(splits: Mapping[str, Source | Dataset]) -> dict[str, Source]:
     Raises:
       ValueError: a split missing or empty, splits that differ in feature shape, dtype, classes or
         normalization (the one of train applies to all), a label outside [0, C).
+
+    Example:
+      >>> splits = from_arrays(np.zeros((20, 2)), np.arange(20) % 2, np.zeros((4, 2)), [0, 1, 0, 1])
+      >>> list(check_splits(splits))
+      ['train', 'validation', 'test']
+      >>> check_splits({"train": splits["train"], "test": splits["test"]})
+      Traceback (most recent call last):
+        ...
+      ValueError: ...validation...
     """
     if not isinstance(splits, Mapping) or set(splits) != set(SPLITS):
         given = sorted(splits) if isinstance(splits, Mapping) else type(splits).__name__

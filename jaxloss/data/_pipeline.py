@@ -129,6 +129,20 @@ class BatchIterator:
 
     Made by :func:`train_batches` and :func:`eval_batches`. Close it (or use it in a ``with``
     block) to stop its worker processes.
+
+    Example:
+      >>> from jaxloss.data import Dataset, InMemorySource
+      >>> ds = Dataset(np.arange(6.0)[:, None], np.arange(6) % 2, 2, ("a", "b"), "toy")
+      >>> source = InMemorySource(ds)
+      >>> with train_batches(source, global_batch_size=2, seed=0) as it:
+      ...     first = [next(it)["features"].ravel().tolist() for _ in range(3)]
+      ...     state = it.get_state()
+      >>> state
+      {'step': 3}
+      >>> with train_batches(source, global_batch_size=2, seed=0) as resumed:
+      ...     resumed.set_state({"step": 1})  # resumes exactly: the same batches from step 1
+      ...     [next(resumed)["features"].ravel().tolist() for _ in range(2)] == first[1:]
+      True
     """
 
     def __init__(
@@ -379,6 +393,14 @@ def global_batch(batch, sharding: jax.sharding.NamedSharding):
     Raises:
       ValueError: the sharding does not split an axis over "data", or this process's devices do
         not hold its contiguous block of it.
+
+    Example:
+      >>> from jax.sharding import NamedSharding, PartitionSpec as P
+      >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+      >>> batch = {"labels": np.arange(4 * jax.device_count(), dtype=np.int32)}
+      >>> labels = global_batch(batch, NamedSharding(mesh, P("data")))["labels"]
+      >>> labels.shape == (4 * jax.device_count(),), labels.sharding.spec == P("data")
+      (True, True)
     """
     spec = tuple(sharding.spec)
     axes = [

@@ -130,6 +130,20 @@ class Source(abc.ABC):
     Attributes:
       facts: the :class:`SourceFacts` (classes, name, feature layout, normalization, metadata),
         also readable one by one as the attributes below.
+
+    Example:
+      A source is a length, a ``_read`` of a batch of indices and its facts:
+
+      >>> class Squares(Source):
+      ...     facts = SourceFacts(num_classes=2, class_names=("even", "odd"), name="squares",
+      ...                         feature_shape=(1,), feature_dtype=np.dtype(np.int64))
+      ...     def __len__(self):
+      ...         return 5
+      ...     def _read(self, indices):
+      ...         return {"features": indices[:, None] ** 2, "labels": indices % 2}
+      >>> source = Squares()
+      >>> source.read([3, 1])["features"].ravel().tolist(), source.labels.tolist()
+      ([9, 1], [0, 1, 0, 1, 0])
     """
 
     facts: SourceFacts
@@ -313,6 +327,17 @@ class TfdsSource(Source):
       name: a short description.
       normalization: the device-side :class:`Normalization`.
       metadata: free-form facts.
+
+    Example:
+      :func:`jaxloss.data.load_source` makes one for a tfds name; here on tfds' stand-in records
+      (``mock_data``: no download, no prepared files):
+
+      >>> import tensorflow_datasets as tfds
+      >>> from jaxloss.data import load_source
+      >>> with tfds.testing.mock_data(num_examples=5):
+      ...     source = load_source("mnist", split="test")
+      >>> type(source).__name__, len(source), source.feature_shape, source.feature_dtype
+      ('TfdsSource', 5, (28, 28, 1), dtype('uint8'))
     """
 
     def __init__(self, data_source, info, *, name: str, normalization: Normalization, metadata):
@@ -353,6 +378,13 @@ def check_labels(labels: np.ndarray, num_classes: int, *, where: Callable[[int],
       labels: integer array (N,).
       num_classes: C.
       where: position in ``labels`` -> where that label is stored (e.g. "record 7 of a.array_record").
+
+    Example:
+      >>> check_labels(np.array([0, 2, 1]), 3, where=lambda i: f"row {i} of y.npy")
+      >>> check_labels(np.array([0, 3, 1]), 3, where=lambda i: f"row {i} of y.npy")
+      Traceback (most recent call last):
+        ...
+      ValueError: label 3 of row 1 of y.npy is outside [0, 3) (3 classes).
     """
     labels = np.asarray(labels)
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
@@ -369,6 +401,17 @@ def read_schema(directory: str) -> dict | None:
     It holds ``feature_shape``, ``feature_dtype``, ``num_classes`` and ``class_names`` (None when
     never given), and per split (a file's name without ``.array_record``) its ``file`` and
     ``num_examples``.
+
+    Example:
+      >>> import tempfile
+      >>> directory = tempfile.mkdtemp()
+      >>> read_schema(directory) is None
+      True
+      >>> write_array_record(f"{directory}/train.array_record", np.zeros((3, 2), np.uint8),
+      ...                    [0, 1, 1], class_names=["a", "b"])
+      >>> schema = read_schema(directory)
+      >>> schema["feature_shape"], schema["feature_dtype"], schema["splits"]["train"]
+      ([2], 'uint8', {'file': 'train.array_record', 'num_examples': 3})
     """
     path = os.path.join(directory, SCHEMA_FILE)
     if not os.path.exists(path):
@@ -422,6 +465,14 @@ def write_array_record(
       labels: (N,) integer labels, in [0, num_classes) when ``num_classes`` is given.
       num_classes: the number of classes (None: not recorded).
       class_names: one name per class (None: not recorded).
+
+    Example:
+      >>> import tempfile
+      >>> path = f"{tempfile.mkdtemp()}/train.array_record"
+      >>> write_array_record(path, np.arange(8, dtype=np.uint8).reshape(4, 2), [0, 1, 2, 0],
+      ...                    num_classes=3)
+      >>> ArrayRecordSource(path, feature_shape=(2,), num_classes=3)[1]["features"].tolist()
+      [2, 3]
     """
     features = np.asarray(features)
     _write_records(
@@ -439,7 +490,7 @@ def _write_records(
     chunks: Iterable[tuple[np.ndarray, np.ndarray]],
     *,
     feature_shape: tuple[int, ...],
-    feature_dtype: Any,
+    feature_dtype: np.dtype,
     num_classes: int | None,
     class_names: Sequence[str] | None,
 ) -> int:
@@ -538,7 +589,7 @@ class ArrayRecordSource(Source):
         *,
         feature_shape: tuple[int, ...],
         num_classes: int,
-        feature_dtype: Any = np.uint8,
+        feature_dtype: np.dtype | type | str = np.uint8,
         class_names: tuple[str, ...] | None = None,
         name: str = "array_record",
         normalization: Normalization | None = None,

@@ -73,7 +73,18 @@ def convert(source: str, destination: str, *, chunk_size: int = 1024) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line; a mistake prints one line and returns 1."""
+    """The command line, ``python -m jaxloss.data.convert SOURCE DESTINATION [--chunk_size=N]``;
+    a mistake prints one line and returns 1.
+
+    Example:
+      >>> import tempfile
+      >>> root = tempfile.mkdtemp()
+      >>> x, y = np.zeros((6, 2, 2), np.uint8), np.array([0, 1, 0, 1, 0, 1])
+      >>> np.savez(f"{root}/toy.npz", x_train=x, y_train=y, x_test=x[:2], y_test=y[:2])
+      >>> main([f"{root}/toy.npz", f"{root}/toy", "--chunk_size=4"])  # doctest: +ELLIPSIS
+      wrote .../toy (train 6, test 2 examples)
+      0
+    """
     parser = argparse.ArgumentParser(
         prog="python -m jaxloss.data.convert",
         description="Converts a .npz file or an ImageFolder tree to ArrayRecord files + schema.",
