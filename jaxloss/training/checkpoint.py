@@ -55,7 +55,21 @@ _SEEDS = (0x243F6A88, 0x85A308D3)
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be restored into the current run (corrupt or incompatible)."""
+    """A checkpoint that cannot be restored into the current run (corrupt or incompatible).
+
+    Example:
+      A checkpoint of other shapes is refused, naming the array, instead of being loaded:
+
+      >>> import tempfile
+      >>> checkpointer = Checkpointer(tempfile.mkdtemp())
+      >>> best = {"epoch": jnp.zeros(1)}
+      >>> checkpointer.save(0, state={"w": jnp.zeros(3)}, best=best, history=[], config={}, data={})
+      >>> checkpointer.restore(0, state={"w": jnp.zeros(4)}, best=best)
+      Traceback (most recent call last):
+        ...
+      jaxloss.training.checkpoint.CheckpointError: The checkpoint in .../0 is incompatible with this config: state array ['w'] has shape (3,) ...
+      >>> checkpointer.close()
+    """
 
 
 class _DamagedCheckpointError(CheckpointError):

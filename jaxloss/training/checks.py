@@ -40,14 +40,30 @@ _MAX_SEED = 2**31 - 1
 
 class ConfigError(ValueError):
     """A config that cannot run (an unknown name, a value out of range, a field that does not fit
-    the data or the devices); raised before the run writes anything."""
+    the data or the devices); raised before the run writes anything.
+
+    Example:
+      >>> import os, tempfile
+      >>> from jaxloss.training import defaults, train_and_evaluate
+      >>> config, workdir = defaults.get_config(), os.path.join(tempfile.mkdtemp(), "run")
+      >>> config.num_epochs = 0
+      >>> train_and_evaluate(config, workdir)
+      Traceback (most recent call last):
+        ...
+      jaxloss.training.checks.ConfigError: Bad config: num_epochs must be a positive integer, got 0.
+      >>> os.path.exists(workdir)
+      False
+    """
 
 
 def did_you_mean(name: str, choices: Sequence[str]) -> str:
     """`` (did you mean 'x'?)`` for the choice closest to a mistyped ``name``; '' if none is close.
 
-    >>> did_you_mean("label_relax", ["label_relaxation", "focal"])
-    " (did you mean 'label_relaxation'?)"
+    Example:
+      >>> did_you_mean("label_relax", ["label_relaxation", "focal"])
+      " (did you mean 'label_relaxation'?)"
+      >>> did_you_mean("adamw", ["sgd"])
+      ''
     """
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -134,7 +150,14 @@ def _get(config: ml_collections.ConfigDict, field: str) -> Any:
 
 
 def learning_rate_problem(field: str, value: Any) -> str | None:
-    """The problem with a learning rate (a single one or a population member's), or None."""
+    """The problem with a learning rate (a single one or a population member's), or None.
+
+    Example:
+      >>> learning_rate_problem("population.learning_rate[1]", -0.1)
+      'population.learning_rate[1] must be in (0.0, inf] and finite, got -0.1'
+      >>> learning_rate_problem("optimizer.learning_rate", 0.1) is None
+      True
+    """
     problems: list[str] = []
     _interval(problems, field, value, **_INTERVALS["optimizer.learning_rate"])
     return problems[0] if problems else None
@@ -145,6 +168,15 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
 
     Raises:
       ConfigError: one line listing each field, its value and what is allowed.
+
+    Example:
+      >>> from jaxloss.training import defaults
+      >>> config = defaults.get_config()
+      >>> config.num_epochs, config.optimizer.name = 0, "adamm"
+      >>> check_fields(config)
+      Traceback (most recent call last):
+        ...
+      jaxloss.training.checks.ConfigError: num_epochs must be a positive integer, got 0; optimizer.name must be one of sgd, adam, got 'adamm' (did you mean 'adam'?).
     """
     problems: list[str] = []
     for field, lower in _INTEGERS.items():
@@ -178,6 +210,19 @@ def check_layout(
       config: a config that passed :func:`check_fields`.
       devices_per_process: each process's device count (default: this run's, from
         ``jax.devices()``).
+
+    Raises:
+      ConfigError: a field that does not fit the devices, named with the layout.
+
+    Example:
+      >>> from jaxloss.training import defaults
+      >>> config = defaults.get_config()
+      >>> config.batch_size = 6
+      >>> check_layout(config, devices_per_process=[2])
+      >>> check_layout(config, devices_per_process=[4])
+      Traceback (most recent call last):
+        ...
+      jaxloss.training.checks.ConfigError: batch_size (6) must be a multiple of the 4 data-parallel device groups (model_parallel=1).
     """
     if devices_per_process is None:
         counts = collections.Counter(device.process_index for device in jax.devices())
@@ -233,7 +278,7 @@ def _named(message: str, name: str, field: str) -> str:
 
 
 def check_data_fit(
-    config: ml_collections.ConfigDict, train: data.Dataset, class_counts: np.ndarray
+    config: ml_collections.ConfigDict, train: data.Source, class_counts: np.ndarray
 ) -> None:
     """Checks the fields that depend on the training data: the batch size, ``top_k`` and the
     selection metric, the loss's hyperparameters and every population member's values.
@@ -242,6 +287,18 @@ def check_data_fit(
       config: a config that passed :func:`check_fields`.
       train: the training split.
       class_counts: its examples per class, as the losses receive them.
+
+    Raises:
+      ConfigError: one line listing each field that does not fit the data.
+
+    Example:
+      >>> from jaxloss.training import defaults
+      >>> config, train = defaults.get_config(), data.load_source("iris", split="train")
+      >>> config.batch_size = 200
+      >>> check_data_fit(config, train, np.bincount(train.labels))
+      Traceback (most recent call last):
+        ...
+      jaxloss.training.checks.ConfigError: batch_size (200) is larger than the training split (90 examples of iris/train): no full batch to train on.
     """
     problems: list[str] = []
     if config.batch_size > train.num_examples:
@@ -300,7 +357,21 @@ def check_data_fit(
 
 
 def check_workdir(workdir: epath.Path) -> None:
-    """Checks that ``workdir`` is (or can become) a directory: not a file, not under one."""
+    """Checks that ``workdir`` is (or can become) a directory: not a file, not under one.
+
+    Raises:
+      ConfigError: ``workdir`` or one of its parents is a file.
+
+    Example:
+      >>> import tempfile
+      >>> file = epath.Path(tempfile.mkdtemp()) / "notes.txt"
+      >>> _ = file.write_text("")
+      >>> check_workdir(file.parent / "run")
+      >>> check_workdir(file / "run")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+        ...
+      jaxloss.training.checks.ConfigError: workdir .../notes.txt/run is under .../notes.txt, which is a file.
+    """
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"workdir {workdir} is a file, not a directory.")
     for parent in workdir.parents:

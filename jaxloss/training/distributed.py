@@ -57,7 +57,14 @@ _PREFIX = "jaxloss/"
 
 
 class LaunchError(RuntimeError):
-    """A multi-process launch that cannot work (arguments out of range, a port in use)."""
+    """A multi-process launch that cannot work (arguments out of range, a port in use).
+
+    Example:
+      >>> initialize("localhost:12345", num_processes=2, process_id=5)
+      Traceback (most recent call last):
+        ...
+      jaxloss.training.distributed.LaunchError: --process_id must be in [0, 1] for --num_processes=2, got 5.
+    """
 
 
 def _fatal(message: str) -> None:
@@ -152,6 +159,15 @@ def initialize(
     Raises:
       LaunchError: a launch argument that cannot work, or process 0's port is in use. Errors
         found while connecting end the process (see above) instead of raising.
+
+    Example:
+      Every process of a run calls it first, with its own ``process_id`` (process 0 hosts the
+      coordinator); a mistake is named before anything connects:
+
+      >>> initialize("localhost:12345", num_processes=2, process_id=2)
+      Traceback (most recent call last):
+        ...
+      jaxloss.training.distributed.LaunchError: --process_id must be in [0, 1] for --num_processes=2, got 2.
     """
     for name, value in (
         ("initialization_timeout", initialization_timeout),
@@ -223,6 +239,11 @@ def keep_in_step(outputs: Any) -> Any:
     each step's result and the other did not hung within 100 steps, and heavy load makes the
     same drift (issue 21, item 7). Waiting for every step keeps at most one in flight on each
     process. GPUs and TPUs, whose collectives queue in order, keep asynchronous dispatch.
+
+    Example:
+      >>> step = jax.jit(lambda x: x + 1)
+      >>> keep_in_step(step(np.zeros(2))).tolist()  # in a single-process run, returned as is
+      [1.0, 1.0]
     """
     if jax.process_count() > 1 and jax.default_backend() == "cpu":
         jax.block_until_ready(outputs)
@@ -457,6 +478,9 @@ def check_same_config(config_json: dict) -> None:
 
     Args:
       config_json: this process's config as a JSON-able dict.
+
+    Example:
+      >>> check_same_config({"seed": 0, "loss": {"name": "exact"}})  # one process: nothing to compare
     """
     if jax.process_count() == 1:
         return

@@ -37,7 +37,17 @@ _HELD: set[str] = set()
 
 
 class WorkdirInUseError(RuntimeError):
-    """Another run holds the workdir's lock."""
+    """Another run holds the workdir's lock.
+
+    Example:
+      >>> import tempfile
+      >>> workdir = epath.Path(tempfile.mkdtemp())
+      >>> with workdir_lock(workdir), workdir_lock(workdir):  # doctest: +ELLIPSIS
+      ...     pass
+      Traceback (most recent call last):
+        ...
+      jaxloss.training.lock.WorkdirInUseError: ... is in use by process ... on ...
+    """
 
 
 def _is_local(path: epath.Path) -> bool:
@@ -152,6 +162,15 @@ def workdir_lock(workdir: epath.Path) -> Iterator[None]:
     Raises:
       WorkdirInUseError: another run holds the lock (the message names its process and host).
       ConfigError: the workdir cannot be written (read-only).
+
+    Example:
+      >>> import tempfile
+      >>> workdir = epath.Path(tempfile.mkdtemp())
+      >>> with workdir_lock(workdir):
+      ...     sorted(p.name for p in workdir.iterdir())
+      ['run.lock']
+      >>> list(workdir.iterdir())
+      []
     """
     path = workdir / LOCK_NAME
     error = None

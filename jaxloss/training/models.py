@@ -258,6 +258,14 @@ def build_model(
 
     Raises:
       ValueError: an unknown model or head name, or a depth the architecture cannot have.
+
+    Example:
+      >>> from jaxloss.training import defaults
+      >>> config = defaults.get_config().model
+      >>> config.hidden_sizes = (32,)
+      >>> model = build_model(config, 10, (8, 8, 1), nnx.Rngs(0))
+      >>> model(jnp.zeros((2, 8, 8, 1)), train=False).shape
+      (2, 10)
     """
     backbone = _backbone(config, tuple(input_shape), rngs)
     head = config.get("head", "linear")
