@@ -161,7 +161,7 @@ def macro_topk_accuracy(
       \frac{1}{|P|} \sum_{c \in P} \frac{\sum_{i : y_i = c} \mathrm{hit}_i}{|\{i : y_i = c\}|}
 
     with :math:`\mathrm{hit}_i` of :func:`topk_accuracy` (ties in the label's favour). This is the
-    headline metric of Pl@ntNet-300K; with ``k=1`` it is the balanced accuracy of the argmax (up
+    headline metric of Pl\@ntNet-300K; with ``k=1`` it is the balanced accuracy of the argmax (up
     to ties).
 
     Args:
