@@ -171,61 +171,29 @@ def _grouping(local_size: int, k: int) -> tuple[int, int] | None:
 # Up to this rank, whole rows select by passes over the classes rather than by lax.top_k, whose
 # XLA:CPU kernel sorts row by row (1.7 ms for the top 6 of 2,560 rows of 100 on 2 cores).
 _PASSES = 8
-# The passes run over groups of this many neighbouring classes first where the classes are at
-# least 4 * _PASS_GROUP * k: the k best groups' maxima, then the k * _PASS_GROUP candidates.
-_PASS_GROUP = 4
-
-
-def _passes(keys: jax.Array, positions: jax.Array, k: int) -> tuple[jax.Array, list[jax.Array]]:
-    """The k largest integer ``keys`` (S, n, ...) over axis 1, in ``lax.top_k``'s order (ties to
-    the lowest position): the k-th key, shape (S, 1, ...), and the positions of the k, largest
-    first. ``positions`` (broadcastable to ``keys``) are the entries' distinct class indices.
-
-    Each level is two reductions over the entries, with the rows in SIMD lanes: the largest key
-    ranking below the previous level's (key, position), then the lowest position holding it.
-    """
-    lowest = jnp.asarray(jnp.iinfo(keys.dtype).min, keys.dtype)
-    shape = keys.shape[:1] + (1,) + keys.shape[2:]
-    key = jnp.full(shape, jnp.iinfo(keys.dtype).max, keys.dtype)
-    index = jnp.full(shape, -1, jnp.int32)
-    beyond = jnp.iinfo(jnp.int32).max
-    found = []
-    for _ in range(k):
-        below = (keys < key) | ((keys == key) & (positions > index))
-        key = jnp.max(jnp.where(below, keys, lowest), axis=1, keepdims=True)
-        # The lowest remaining position holding it (every remaining one holds the lowest key).
-        index = jnp.min(jnp.where(below & (keys == key), positions, beyond), axis=1, keepdims=True)
-        found.append(index)
-    return key, found
 
 
 def _kth_by_passes(keys: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """The k-th largest of the integer ``keys`` (S, C, ...) over the classes and its index, in
-    ``lax.top_k``'s order, shape (S, ...).
+    """The k-th largest of the integer ``keys`` (S, C, ...) over the classes (axis 1) and its
+    index, in ``lax.top_k``'s order (ties to the lowest index): shape (S, ...).
 
-    Many classes go by groups of neighbours (see :func:`_kth`'s selection by groups, the same
-    argument): the k best groups by their maxima hold the top k, ties included.
+    Each of k levels is two reductions over the classes, with the rows in SIMD lanes: the largest
+    key ranking below the previous level's (key, index), then the lowest index holding it. (First
+    reducing groups of neighbouring classes to their maxima, as the selection by groups does,
+    was slower at 100 classes: XLA:CPU reduces a short middle axis slowly.)
     """
-    num_classes = keys.shape[1]
-    lanes = (1,) * (keys.ndim - 2)
-    if num_classes < 4 * _PASS_GROUP * k:
-        key, found = _passes(keys, jnp.arange(num_classes).reshape((1, -1) + lanes), k)
-        return key[:, 0], found[-1][:, 0]
-    groups = -(-num_classes // _PASS_GROUP)
-    # Padding ranks below every class (its positions are beyond them, its keys the lowest).
-    padding = ((0, 0), (0, groups * _PASS_GROUP - num_classes)) + ((0, 0),) * len(lanes)
-    lowest = jnp.iinfo(keys.dtype).min
-    grouped = jnp.pad(keys, padding, constant_values=lowest)
-    grouped = grouped.reshape(keys.shape[:1] + (groups, _PASS_GROUP) + keys.shape[2:])
-    best = jnp.max(grouped, axis=2)
-    _, found = _passes(best, jnp.arange(groups).reshape((1, -1) + lanes), k)
-    chosen = jnp.concatenate(found, axis=1)  # (S, k, ...)
-    candidates = jnp.take_along_axis(grouped, chosen[:, :, None], axis=1)
-    member = jnp.arange(_PASS_GROUP).reshape((1, 1, -1) + lanes)
-    positions = chosen[:, :, None] * _PASS_GROUP + member
-    flat = keys.shape[:1] + (k * _PASS_GROUP,) + keys.shape[2:]
-    key, found = _passes(candidates.reshape(flat), positions.reshape(flat), k)
-    return key[:, 0], found[-1][:, 0]
+    position = lax.broadcasted_iota(jnp.int32, keys.shape, 1)
+    shape = keys.shape[:1] + (1,) + keys.shape[2:]
+    lowest = jnp.asarray(jnp.iinfo(keys.dtype).min, keys.dtype)
+    key = jnp.full(shape, jnp.iinfo(keys.dtype).max, keys.dtype)
+    index = jnp.full(shape, -1, jnp.int32)
+    for _ in range(k):
+        below = (keys < key) | ((keys == key) & (position > index))
+        key = jnp.max(jnp.where(below, keys, lowest), axis=1, keepdims=True)
+        # The lowest remaining index holding it (every remaining one holds the lowest key).
+        at = jnp.where(below & (keys == key), position, keys.shape[1])
+        index = jnp.min(at, axis=1, keepdims=True)
+    return key[:, 0], index[:, 0]
 
 
 def _kth(k: int, draws: _Draws) -> tuple[jax.Array, jax.Array]:

@@ -281,7 +281,7 @@ def test_selection_by_groups_is_the_plain_selection(monkeypatch):
 
 @pytest.mark.parametrize(
     ("classes", "k"),
-    [(10, 3), (10, 8), (100, 6), (101, 2)],  # direct; smallest side; by groups of 4; padded
+    [(10, 3), (10, 8), (100, 6), (101, 2)],  # the k-th largest, or smallest, side
 )
 def test_selection_by_passes_is_lax_top_k(classes, k, monkeypatch):
     # The passes over the classes (whole rows, small k) pick the k-th entry that lax.top_k picks:
