@@ -1,4 +1,4 @@
-"""Softmax pieces shared by the losses, the registry and the metrics (class axis last).
+"""Softmax pieces shared by the loss modules (class axis last).
 
 The functions here take *prepared* arrays: the classes along the last axis, in the compute dtype
 (what :func:`jaxloss._validation.prepare` returns), an optional boolean class mask of the logits'
