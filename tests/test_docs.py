@@ -1,5 +1,7 @@
-"""The API reference (docs/api) builds with warnings as errors, renders math and lists every name."""
+"""The API reference (docs/api) builds with warnings as errors, renders math offline, lists every
+name with its types and no stray links; the data and training names each show a runnable example."""
 
+import html
 import importlib
 import inspect
 import re
@@ -26,6 +28,21 @@ PUBLIC_MODULES = (
     "jaxloss.data",
     "jaxloss.training",
 )
+
+
+# The modules whose public functions and classes each show a runnable example (a doctest, run by
+# pytest --doctest-modules): the harness and data packages and the modules of their API pages.
+EXAMPLE_MODULES = (
+    "jaxloss.data",
+    "jaxloss.data.convert",
+    "jaxloss.training",
+    "jaxloss.training.checks",
+    "jaxloss.training.configs",
+    "jaxloss.training.defaults",
+    "jaxloss.training.distributed",
+    "jaxloss.training.lock",
+)
+_EXAMPLE = re.compile(r"^\s*Examples?:\s*$\n(?:^\s*$\n|^\s+(?!>>>).*\n)*^\s+>>> ", re.M)
 
 
 def _public_names(module_name: str) -> list[str]:
@@ -66,6 +83,15 @@ def test_api_reference_builds_without_warnings_with_math(tmp_path):
         assert (out / src.split("?")[0]).is_file(), f"{src} is not in the built site"
     assert (out / "_static" / "mathjax" / "output" / "chtml" / "fonts").is_dir(), "no MathJax fonts"
 
+    # No e-mail link where a name holds an @ (Pl@ntNet-300K), on any page.
+    mailto = sorted(page.name for page in out.glob("*.html") if "mailto:" in page.read_text())
+    assert not mailto, f"mailto: links in {mailto}: escape the @ (\\@) in the docstring"
+    # The harness pages type every parameter: Any only where any value is meant (dict[str, Any]).
+    for name in ("data", "training"):
+        text = html.unescape(re.sub(r"<[^>]+>", "", pages[name]))
+        untyped = re.findall(r"(\w+) \(Any\)", text)
+        assert not untyped, f"{name}.html shows parameters typed Any: {untyped}"
+
     described = set(
         re.findall(r'<dt class="sig sig-object py" id="([\w.]+)"', "".join(pages.values()))
     )
@@ -88,4 +114,17 @@ def test_api_reference_builds_without_warnings_with_math(tmp_path):
     assert not stray, (
         f"losses without a family page: {stray}; add `.. autofunction:: jaxloss.losses.<name>` to "
         "their family's page in docs/api/"
+    )
+
+
+def test_every_public_function_and_class_of_data_and_training_has_a_runnable_example():
+    missing = []
+    for full_name in (n for module in EXAMPLE_MODULES for n in _public_names(module)):
+        module_name, _, name = full_name.rpartition(".")
+        obj = getattr(importlib.import_module(module_name), name)
+        if callable(obj) and not _EXAMPLE.search(inspect.getdoc(obj) or ""):
+            missing.append(full_name)
+    assert not missing, (
+        f"public names without an 'Example:' section holding a doctest (>>>): {missing}; add one "
+        "to each docstring (it runs in the tests: keep it to tiny arrays and seconds)"
     )

@@ -4,6 +4,8 @@ Import it explicitly (``import jaxloss.training``); ``import jaxloss`` does not 
 """
 
 from jaxloss.training.checkpoint import CheckpointError as CheckpointError
+from jaxloss.training.configs import available_configs as available_configs
+from jaxloss.training.configs import load_config as load_config
 from jaxloss.training.loop import ConfigError as ConfigError
 from jaxloss.training.loop import load_datasets as load_datasets
 from jaxloss.training.loop import train_and_evaluate as train_and_evaluate
