@@ -1,4 +1,5 @@
-"""Training: NNX models, compiled multi-seed data-parallel steps, checkpoints, logs, the run loop.
+"""Training: NNX models, compiled multi-seed data-parallel steps, checkpoints, logs, the run loop,
+and the experiment configs by name or path (:func:`load_config`).
 
 Import it explicitly (``import jaxloss.training``); ``import jaxloss`` does not load it.
 """
