@@ -58,6 +58,8 @@ def load_config(config: str | os.PathLike) -> ml_collections.ConfigDict:
       >>> config.data.name, config.loss.name, config.loss.hyperparameters.alpha
       ('digits', 'label_relaxation', 0.1)
       >>> config.num_epochs = 1  # fields change as from the command line (--config.num_epochs=1)
+      >>> load_config(CONFIGS_DIR / "digits.py").loss.name  # a path; without ':', get_config()
+      'cross_entropy'
       >>> load_config("digit:exact")  # doctest: +ELLIPSIS
       Traceback (most recent call last):
         ...
