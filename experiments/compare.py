@@ -79,6 +79,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, verbose: bool = True
     return [found[setup, loss] for setup in config.setups for loss in config.losses]
 
 
+def write_report(
+    config: ml_collections.ConfigDict, cells: list, workdir: str, *, header: str
+) -> str:
+    """results.md, .csv, .json and the plots, as ``config`` asks; returns the Markdown."""
+    return report.write_report(
+        cells,
+        workdir,
+        calibration_setup=config.calibration_setup,
+        calibration_losses=list(config.calibration_losses),
+        long_tail_setup=config.long_tail_setup,
+        floor_setup=config.floor_setup,
+        floor=config.floor,
+        header=header,
+    )
+
+
 def _commit() -> str:
     """The commit this code ran from, and whether the code it imports had uncommitted changes."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -115,14 +131,7 @@ def main(argv):
         f"# Loss comparison\n\nProtocol: {report.protocol_text(config)}. {len(cells)} cells in "
         f"{minutes:.1f} min ({cpu_minutes:.1f} CPU min), commit {commit}.\n"
     )
-    report.write_report(
-        cells,
-        _WORKDIR.value,
-        calibration_setup=config.calibration_setup,
-        calibration_losses=list(config.calibration_losses),
-        long_tail_setup=config.long_tail_setup,
-        header=header,
-    )
+    write_report(config, cells, _WORKDIR.value, header=header)
     if _README.value:
         report.update_readme(cells, _README.value, commit=commit, minutes=minutes)
         docs = os.path.join(os.path.dirname(os.path.abspath(_README.value)), "docs")

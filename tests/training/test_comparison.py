@@ -185,6 +185,15 @@ def test_results_md_opens_with_which_loss_when_from_the_verdicts(tmp_path):
     assert {"reliability.png", "per_class_recall.png", "sensitivity.png"} <= written
 
 
+def test_the_main_job_writes_what_its_config_asks(tmp_path):
+    config = importlib.import_module("configs.compare").get_config()
+    config.calibration_setup = config.long_tail_setup = config.floor_setup = "digits"
+    text = compare.write_report(config, CELLS, str(tmp_path), header="# header\n")
+    # poly1's mean test accuracy 0.81 is below the config's floor (0.90) on its floor setup.
+    assert f"## Below {config.floor:.2f} test accuracy on digits" in text and "**poly1**" in text
+    assert {"reliability.png", "per_class_recall.png"} <= set(os.listdir(tmp_path))
+
+
 def test_csv_json_and_every_trial(tmp_path):
     report.write_csv(CELLS, os.path.join(tmp_path, "results.csv"))
     with open(os.path.join(tmp_path, "results.csv")) as f:
