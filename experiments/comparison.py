@@ -39,7 +39,7 @@ import numpy as np
 import jaxloss
 from jaxloss.training import ConfigError, load_datasets, train_and_evaluate
 from jaxloss.training.checks import did_you_mean
-from jaxloss.training.train import higher_is_better, metric_names
+from jaxloss.training.evaluation import higher_is_better, metric_names
 
 # A model collapsed when its last epoch's validation accuracy fell below this fraction of its
 # best epoch's, or when its best stayed within this factor of chance (1 / classes).

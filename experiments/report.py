@@ -21,8 +21,8 @@ from scipy import stats
 
 import jaxloss
 from jaxloss import metrics
+from jaxloss.training.evaluation import higher_is_better, unstack_bins
 from jaxloss.training.summary import sample_std
-from jaxloss.training.train import higher_is_better, unstack_bins
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -22,7 +22,8 @@ from etils import epath
 
 from jaxloss import _validation, data
 from jaxloss.losses import available_losses, get_loss, loss_spec
-from jaxloss.training.train import OPTIMIZERS, SCHEDULES, metric_names
+from jaxloss.training.evaluation import metric_names
+from jaxloss.training.optimizer import OPTIMIZERS, SCHEDULES
 
 __all__ = [
     "ConfigError",

@@ -1,4 +1,4 @@
-"""``train_and_evaluate``: the epoch loop, evaluation, model selection, checkpoints and logs.
+"""``train_and_evaluate``: the epoch loop that runs a config, with its checkpoints and logs.
 
 Everything a run does is a function of the config: the data order of model i comes from
 ``(seed + i, epoch)``, its initialization and loss noise from ``key(seed + i)`` folded with the
@@ -8,12 +8,12 @@ finished epoch and ends with exactly the metrics of an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -24,21 +24,14 @@ from jaxloss import data
 from jaxloss.training import checks, defaults, distributed, logs
 from jaxloss.training.checkpoint import Checkpointer, CheckpointError, config_differences
 from jaxloss.training.checks import ConfigError
+from jaxloss.training.evaluation import evaluate, metric_names
 from jaxloss.training.lock import workdir_lock
-from jaxloss.training.summary import summarize
-from jaxloss.training.train import (
-    NUM_BINS,
-    higher_is_better,
-    make_mesh,
-    make_population,
-    make_steps,
-    metric_names,
-    metrics_from_statistics,
-)
+from jaxloss.training.mesh import make_mesh
+from jaxloss.training.population import Population, make_population
+from jaxloss.training.selection import empty_best, summarize, update_best
+from jaxloss.training.train import StepFunctions, make_steps
 
 __all__ = ["ConfigError", "load_datasets", "train_and_evaluate"]
-
-SPLITS = ("validation", "test")
 
 
 def load_datasets(
@@ -87,30 +80,10 @@ def load_datasets(
     return splits
 
 
-def _evaluate(steps, state, splits, *, batch_size, k) -> tuple[dict, dict]:
-    """Metrics of every model on validation and test, and each split's calibration bins.
-
-    Each batch's statistics are summed inside the compiled step over the devices (and hosts); the
-    host only adds the small per-batch sums, never holding a split's logits.
-    """
-    record, bins = {}, {}
-    for split in SPLITS:
-        total = None
-        # Each host reads its rows of every global batch.
-        for batch in data.eval_batches(splits[split], global_batch_size=batch_size):
-            statistics = steps.evaluate(state, data.global_batch(batch, steps.eval_sharding))
-            distributed.keep_in_step(statistics)  # as in training: no process runs ahead
-            total = statistics if total is None else jax.tree.map(jnp.add, total, statistics)
-        total = jax.device_get(total)
-        for name, value in metrics_from_statistics(total, k=k).items():
-            record[f"{split}/{name}"] = value
-        bins[f"{split}/bins"] = np.asarray(total["bins"], np.float64)
-    return record, bins
-
-
-def _train_epoch(steps, state, batches, *, config, epoch, keys, population, num_steps):
+def _train_epoch(steps, state, batches, *, run, epoch, keys):
     """One epoch of ``batches`` (this host's rows of every member's own shuffle, G steps per
     item); returns the state and per-step losses and accuracies (T, M)."""
+    population, num_steps, config = run.population, run.num_steps, run.config
     member = jax.device_put(population.values)
     losses, accuracies = [], []
     bar = logs.progress_bar(
@@ -209,31 +182,6 @@ def _write_config(config_json: dict, workdir: epath.Path) -> None:
             )
 
 
-def _empty_best(num_models: int, splits: dict, metric_names: list[str]) -> dict:
-    num_classes = splits["test"].num_classes
-    best = {"epoch": np.full((num_models,), -1, np.int64)}
-    for split in SPLITS:
-        for name in metric_names:
-            shape = (num_models, num_classes) if name == "per_class_recall" else (num_models,)
-            best[f"{split}/{name}"] = np.full(shape, np.nan)
-        best[f"{split}/bins"] = np.zeros((num_models, 3, NUM_BINS))
-    return best
-
-
-def _update_best(best: dict, record: dict, selection: str, *, last: bool = False) -> dict:
-    """Keeps, per model, the epoch with the best validation ``selection`` metric (first wins), or
-    with ``last`` the latest epoch (a fixed budget, as the label relaxation paper reports)."""
-    score = record[f"validation/{selection}"]
-    previous = best[f"validation/{selection}"]
-    improved = score > previous if higher_is_better(selection) else score < previous
-    better = (best["epoch"] < 0) | improved | last
-    updated = {}
-    for key, value in best.items():
-        mask = better.reshape((-1,) + (1,) * (value.ndim - 1))
-        updated[key] = np.where(mask, record[key], value)
-    return updated
-
-
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -242,7 +190,7 @@ def train_and_evaluate(
 ) -> dict[str, Any]:
     """Trains a population of models and evaluates them on validation and test every epoch.
 
-    The population (:func:`jaxloss.training.train.make_population`) is ``config.num_seeds`` seeds
+    The population (:func:`jaxloss.training.population.make_population`) is ``config.num_seeds`` seeds
     of each configuration of ``config.population`` (learning rates and continuous loss
     hyperparameters; one configuration when it is absent), trained in one compiled step.
 
@@ -267,7 +215,7 @@ def train_and_evaluate(
         :func:`jaxloss.training.summary.format_summary`);
         ``"best"``: the selected epoch of each seed, ``{"epoch": (S,), "validation/<metric>": (S,),
         "test/<metric>": (S,), "test/per_class_recall": (S, C), "<split>/bins": (S, 3, 15)}``
-        (the calibration bins of the selected epoch: :func:`jaxloss.training.train.unstack_bins`
+        (the calibration bins of the selected epoch: :func:`jaxloss.training.evaluation.unstack_bins`
         makes them :class:`jaxloss.metrics.CalibrationBins` for a reliability diagram)
         (metrics: accuracy, top{k}_accuracy, balanced_accuracy, macro_top{k}_accuracy, ece, nll);
         ``"history"``: one dict per epoch with ``"epoch"``, ``"train/loss"``,
@@ -299,9 +247,95 @@ def train_and_evaluate(
       >>> 0 <= out["summary"]["mean"]["test"]["accuracy"] <= 1, sorted(os.listdir(workdir))
       (True, ['config.json', 'metrics.jsonl', 'results.json'])
     """
-    # Everything that can be wrong with the config, the data, the devices or the workdir fails
-    # here (jaxloss.training.checks), before anything is written or compiled.
     workdir = epath.Path(workdir)
+    run = _prepare(config, workdir, splits)
+    config = run.config
+    # One run per workdir: a second one stops here, before it reads or writes anything.
+    with workdir_lock(workdir):
+        config_json = _check_config(config, workdir, run.data_record)
+        keys = run.population.keys()
+        state = run.steps.init(jax.vmap(lambda key: jax.random.fold_in(key, 0))(keys))
+        train_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
+        best = empty_best(
+            run.population.size, run.splits["test"].num_classes, [*run.names, "per_class_recall"]
+        )
+        checkpointer = (
+            Checkpointer(str(workdir / "checkpoints")) if config.checkpoint_every_epochs else None
+        )
+        start_epoch, state, best, history, data_state = _restore(
+            checkpointer, run, workdir, state=state, best=best, config_json=config_json
+        )
+        # Written once the checkpoints agree with the config, so a refused run changes nothing.
+        _write_config(config_json, workdir)
+        logger = logs.MetricLogger(workdir, history=history, tensorboard=config.tensorboard)
+        # One stream for the run: each host reads its rows of every member's shuffle, from where the
+        # checkpoint's pipeline state says.
+        batches = data.train_batches(
+            run.splits["train"],
+            global_batch_size=config.batch_size,
+            seed=[int(seed) for seed in run.population.seeds],
+            start_step=data_state["step"],
+            steps_per_item=steps_per_call(run.num_steps, config.steps_per_call),
+            worker_count=config.data.worker_count,
+        )
+        try:
+            for epoch in range(start_epoch, config.num_epochs):
+                state, best = _run_epoch(
+                    run,
+                    state,
+                    best,
+                    epoch=epoch,
+                    batches=batches,
+                    keys=train_keys,
+                    history=history,
+                    logger=logger,
+                    checkpointer=checkpointer,
+                    config_json=config_json,
+                )
+        finally:
+            batches.close()
+            logger.close()
+            if checkpointer is not None:
+                checkpointer.close()
+        summary = summarize(
+            best,
+            run.population,
+            metric_names=run.names,
+            selection=config.selection,
+            selection_metric=config.selection_metric,
+        )
+        if jax.process_index() == 0:
+            (workdir / "results.json").write_text(json.dumps(summary, indent=1))
+        return {
+            "summary": summary,
+            "best": best,
+            "history": history,
+            "class_names": run.splits["train"].class_names,
+            "train_class_counts": run.counts,
+            "config": config,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """A checked run: its resolved config, data and compiled steps, read from the config once."""
+
+    config: ml_collections.ConfigDict
+    splits: dict[str, data.Source]
+    data_record: dict
+    counts: np.ndarray
+    population: Population
+    num_steps: int
+    steps: StepFunctions
+    k: int
+    names: list[str]
+
+
+def _prepare(
+    config: ml_collections.ConfigDict, workdir: epath.Path, splits: dict[str, data.Source] | None
+) -> _Run:
+    """Everything that can be wrong with the config, the data, the devices or the workdir fails
+    here (:mod:`jaxloss.training.checks`), before anything is written or compiled."""
     try:
         # Every field present (jaxloss.training.defaults): from here on, read directly.
         config = defaults.resolve(config)
@@ -330,135 +364,84 @@ def train_and_evaluate(
             normalization=train.normalization,
         )
         k = min(config.top_k, train.num_classes)
-        names = metric_names(k)
-        selection = config.selection_metric
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise ConfigError(f"Bad config: {error}") from error
-    last_epoch_wins = config.selection == "last"
-    # One run per workdir: a second one stops here, before it reads or writes anything.
-    with workdir_lock(workdir):
-        config_json = _check_config(config, workdir, data_record)
-        keys = population.keys()
-        state = steps.init(jax.vmap(lambda key: jax.random.fold_in(key, 0))(keys))
-        train_keys = jax.vmap(lambda key: jax.random.fold_in(key, 1))(keys)
-        best = _empty_best(population.size, splits, [*names, "per_class_recall"])
-        history: list[dict] = []
+    return _Run(
+        config, splits, data_record, counts, population, num_steps, steps, k, metric_names(k)
+    )
 
-        checkpointer = (
-            Checkpointer(str(workdir / "checkpoints")) if config.checkpoint_every_epochs else None
+
+def _restore(checkpointer, run, workdir, *, state, best, config_json):
+    """The newest intact checkpoint's epoch to start from, state, best, history and pipeline state
+    (a damaged one is skipped and named in a warning), or a fresh start's."""
+    restored = checkpointer and checkpointer.restore_latest(
+        state=state, best=best, config=config_json
+    )
+    if not restored:
+        return 0, state, best, [], {"step": 0}
+    latest, state, best, saved_history, saved_data_state = restored
+    history = [{key: _as_array(value) for key, value in record.items()} for record in saved_history]
+    start_epoch = latest + 1
+    # Checkpoints without a pipeline state (older ones) were taken at epoch ends.
+    data_state = saved_data_state or {"step": start_epoch * run.num_steps}
+    if start_epoch >= run.config.num_epochs and jax.process_index() == 0:
+        logging.info("%s holds a finished run (%d epochs): nothing to train.", workdir, latest + 1)
+    return start_epoch, state, best, history, data_state
+
+
+def _run_epoch(
+    run, state, best, *, epoch, batches, keys, history, logger, checkpointer, config_json
+):
+    """One epoch: train, stop on a non-finite loss, evaluate, select, log and checkpoint; appends
+    the epoch's record to ``history`` and returns the state and the reported epochs."""
+    config = run.config
+    state, losses, accuracies = _train_epoch(
+        run.steps, state, batches, run=run, epoch=epoch, keys=keys
+    )
+    if config.stop_on_nan:
+        _check_finite(
+            losses,
+            epoch=epoch,
+            num_steps=run.num_steps,
+            checkpoints=checkpointer and checkpointer.directory,
         )
-        start_epoch = 0
-        # The newest intact checkpoint: a damaged one is skipped (and named in a warning).
-        restored = checkpointer and checkpointer.restore_latest(
-            state=state, best=best, config=config_json
+    record = {
+        "epoch": epoch,
+        "train/loss": losses.mean(axis=0, dtype=np.float64),
+        "train/accuracy": accuracies.mean(axis=0, dtype=np.float64),
+    }
+    values, bins = evaluate(
+        run.steps, state, run.splits, batch_size=config.eval_batch_size, k=run.k
+    )
+    record.update(values)
+    best = update_best(
+        best, {**record, **bins}, config.selection_metric, last=config.selection == "last"
+    )
+    history.append(record)
+    logger.write(record)
+    # Process 0 reports; every process logs only what goes wrong.
+    logging.log_if(
+        logging.INFO,
+        "epoch %d: train loss %.4f, validation accuracy %.4f, test accuracy %.4f "
+        "(means over %d models)",
+        jax.process_index() == 0,
+        epoch,
+        record["train/loss"].mean(),
+        record["validation/accuracy"].mean(),
+        record["test/accuracy"].mean(),
+        run.population.size,
+    )
+    last = epoch == config.num_epochs - 1
+    if checkpointer is not None and (last or (epoch + 1) % config.checkpoint_every_epochs == 0):
+        checkpointer.save(
+            epoch,
+            state=state,
+            best=best,
+            history=[_jsonable(r) for r in history],
+            config=config_json,
+            data=batches.get_state(),
         )
-        data_state = {"step": 0}
-        if restored:
-            latest, state, best, saved_history, saved_data_state = restored
-            history = [
-                {key: _as_array(value) for key, value in record.items()} for record in saved_history
-            ]
-            start_epoch = latest + 1
-            # Checkpoints without a pipeline state (older ones) were taken at epoch ends.
-            data_state = saved_data_state or {"step": start_epoch * num_steps}
-            if start_epoch >= config.num_epochs and jax.process_index() == 0:
-                logging.info(
-                    "%s holds a finished run (%d epochs): nothing to train.", workdir, latest + 1
-                )
-        # Written once the checkpoints agree with the config, so a refused run changes nothing.
-        _write_config(config_json, workdir)
-        logger = logs.MetricLogger(workdir, history=history, tensorboard=config.tensorboard)
-        # One stream for the run: each host reads its rows of every member's shuffle, from where the
-        # checkpoint's pipeline state says.
-        batches = data.train_batches(
-            train,
-            global_batch_size=config.batch_size,
-            seed=[int(seed) for seed in population.seeds],
-            start_step=data_state["step"],
-            steps_per_item=steps_per_call(num_steps, config.steps_per_call),
-            worker_count=config.data.worker_count,
-        )
-        try:
-            for epoch in range(start_epoch, config.num_epochs):
-                state, losses, accuracies = _train_epoch(
-                    steps,
-                    state,
-                    batches,
-                    config=config,
-                    epoch=epoch,
-                    keys=train_keys,
-                    population=population,
-                    num_steps=num_steps,
-                )
-                if config.stop_on_nan:
-                    _check_finite(
-                        losses,
-                        epoch=epoch,
-                        num_steps=num_steps,
-                        checkpoints=checkpointer and checkpointer.directory,
-                    )
-                record = {
-                    "epoch": epoch,
-                    "train/loss": losses.mean(axis=0, dtype=np.float64),
-                    "train/accuracy": accuracies.mean(axis=0, dtype=np.float64),
-                }
-                values, bins = _evaluate(
-                    steps,
-                    state,
-                    splits,
-                    batch_size=config.eval_batch_size,
-                    k=k,
-                )
-                record.update(values)
-                best = _update_best(best, {**record, **bins}, selection, last=last_epoch_wins)
-                history.append(record)
-                logger.write(record)
-                # Process 0 reports; every process logs only what goes wrong.
-                logging.log_if(
-                    logging.INFO,
-                    "epoch %d: train loss %.4f, validation accuracy %.4f, test accuracy %.4f "
-                    "(means over %d models)",
-                    jax.process_index() == 0,
-                    epoch,
-                    record["train/loss"].mean(),
-                    record["validation/accuracy"].mean(),
-                    record["test/accuracy"].mean(),
-                    population.size,
-                )
-                last = epoch == config.num_epochs - 1
-                if checkpointer is not None and (
-                    last or (epoch + 1) % config.checkpoint_every_epochs == 0
-                ):
-                    checkpointer.save(
-                        epoch,
-                        state=state,
-                        best=best,
-                        history=[_jsonable(r) for r in history],
-                        config=config_json,
-                        data=batches.get_state(),
-                    )
-        finally:
-            batches.close()
-            logger.close()
-            if checkpointer is not None:
-                checkpointer.close()
-        summary = summarize(
-            best,
-            population,
-            metric_names=names,
-            selection=config.selection,
-            selection_metric=selection,
-        )
-        if jax.process_index() == 0:
-            (workdir / "results.json").write_text(json.dumps(summary, indent=1))
-        return {
-            "summary": summary,
-            "best": best,
-            "history": history,
-            "class_names": train.class_names,
-            "train_class_counts": counts,
-            "config": config,
-        }
+    return state, best
 
 
 def _jsonable(record: dict) -> dict:

@@ -1,4 +1,7 @@
-"""The end of a run: the selected epoch's metrics per model, their mean ± std, as JSON and text."""
+"""The end of a run as text: the reported epoch's metrics per model and their mean ± std.
+
+The reported values themselves (the JSON summary) come from :mod:`jaxloss.training.selection`.
+"""
 
 from __future__ import annotations
 
@@ -6,51 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxloss.training.train import Population
-
-__all__ = ["format_summary", "sample_std", "summarize"]
-
-
-def summarize(
-    best: dict[str, np.ndarray],
-    population: Population,
-    *,
-    metric_names: list[str],
-    selection: str,
-    selection_metric: str,
-) -> dict[str, Any]:
-    """The reported epoch of every model and its validation and test metrics (JSON-ready).
-
-    Args:
-      best: the loop's per-model record of the reported epoch (``"epoch"``, ``"<split>/<metric>"``).
-      population: the run's models (their seeds and hyperparameter values).
-      metric_names: the scalar metrics to report.
-      selection: ``"best"`` (the epoch with the best validation ``selection_metric``) or ``"last"``.
-      selection_metric: the validation metric that picked the epoch.
-    """
-    splits = ("validation", "test")
-    models = []
-    for m in range(population.size):
-        model = {"seed": int(population.seeds[m]), "epoch": int(best["epoch"][m])}
-        model.update({k: float(v[m]) for k, v in population.values.items()})
-        for split in splits:
-            model[split] = {name: float(best[f"{split}/{name}"][m]) for name in metric_names}
-        models.append(model)
-    statistics = {}
-    for label, reduce in (("mean", np.mean), ("std", sample_std)):
-        statistics[label] = {
-            split: {
-                name: float(reduce(np.asarray(best[f"{split}/{name}"], np.float64)))
-                for name in metric_names
-            }
-            for split in splits
-        }
-    return {
-        "selection": selection,
-        "selection_metric": selection_metric,
-        "models": models,
-        **statistics,
-    }
+__all__ = ["format_summary", "sample_std"]
 
 
 def sample_std(values: np.ndarray) -> float:

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from jaxloss import metrics
-from jaxloss.training import train as train_lib
+from jaxloss.training import evaluation
 from tests import testing
 
 NUM_CLASSES, K = 6, 2
@@ -21,7 +21,7 @@ def _split():
 
 def test_summed_batch_statistics_give_the_metrics_of_the_whole_split():
     logits, labels = _split()
-    statistics = jax.jit(train_lib.metric_statistics, static_argnames=("num_classes", "k"))
+    statistics = jax.jit(evaluation.metric_statistics, static_argnames=("num_classes", "k"))
     total = None
     for start in range(0, 50, 16):  # uneven batches, the last one padded with a mask
         z, y = logits[start : start + 16], labels[start : start + 16]
@@ -30,7 +30,7 @@ def test_summed_batch_statistics_give_the_metrics_of_the_whole_split():
         z, y = jnp.pad(z, ((0, pad), (0, 0))), jnp.pad(y, (0, pad), constant_values=99)
         part = statistics(z, y, mask, num_classes=NUM_CLASSES, k=K)
         total = part if total is None else jax.tree.map(jnp.add, total, part)
-    got = train_lib.metrics_from_statistics(jax.device_get(total), k=K)
+    got = evaluation.metrics_from_statistics(jax.device_get(total), k=K)
     predictions = jnp.argmax(logits, -1)
     want = {
         "accuracy": np.mean(predictions == labels),
@@ -52,9 +52,9 @@ def test_summed_batch_statistics_give_the_metrics_of_the_whole_split():
 
 
 def test_metric_table_gives_names_and_directions():
-    assert train_lib.metric_names(3) == [
+    assert evaluation.metric_names(3) == [
         "accuracy", "top3_accuracy", "balanced_accuracy", "macro_top3_accuracy", "ece", "nll",
     ]  # fmt: skip
-    assert train_lib.higher_is_better("top7_accuracy") and not train_lib.higher_is_better("nll")
+    assert evaluation.higher_is_better("top7_accuracy") and not evaluation.higher_is_better("nll")
     with pytest.raises(ValueError, match="Unknown metric 'f1'"):
-        train_lib.higher_is_better("f1")
+        evaluation.higher_is_better("f1")

@@ -154,7 +154,7 @@ def test_schedules_of_traced_learning_rates_equal_optax_schedules_under_jit_and_
     import ml_collections
     import optax
 
-    from jaxloss.training.train import _learning_rate
+    from jaxloss.training.optimizer import _learning_rate
 
     config = ml_collections.ConfigDict({"final_learning_rate": 1e-3, "decay_factor": 0.1})
     steps = np.arange(0, 60)
@@ -305,7 +305,7 @@ def test_probability_metrics_of_cosine_heads_see_the_scaled_logits(tmp_path):
 
 def test_selection_follows_validation_when_test_and_last_epoch_disagree():
     # Synthetic records: validation peaks at epoch 1, test at epoch 2, and epoch 3 is last.
-    from jaxloss.training.loop import _update_best
+    from jaxloss.training.selection import update_best
 
     validation = [0.5, 0.9, 0.7, 0.6]
     test = [0.5, 0.6, 0.95, 0.7]
@@ -322,7 +322,7 @@ def test_selection_follows_validation_when_test_and_last_epoch_disagree():
             "test/accuracy": np.array([t]),
             "test/bins": np.full((1, 3, 15), float(epoch)),
         }
-        best = _update_best(best, record, "accuracy")
+        best = update_best(best, record, "accuracy")
     assert best["epoch"][0] == 1
     assert best["test/accuracy"][0] == 0.6
     np.testing.assert_array_equal(best["test/bins"], 1.0)  # the bins of the selected epoch

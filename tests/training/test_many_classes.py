@@ -23,7 +23,9 @@ import jax, numpy as np
 from jax.sharding import PartitionSpec as P
 from configs import many_classes
 from jaxloss.training import train_and_evaluate
-from jaxloss.training.train import make_mesh, make_steps, make_population
+from jaxloss.training.mesh import make_mesh
+from jaxloss.training.population import make_population
+from jaxloss.training.train import make_steps
 
 def config(loss, model_parallel):
     c = many_classes.get_config(loss)

@@ -8,6 +8,8 @@ import pytest
 
 import jaxloss
 from jaxloss.training import train as train_lib
+from jaxloss.training.mesh import make_mesh
+from jaxloss.training.population import make_population
 from tests import testing
 from tests.training.tiny import digits, tiny_config
 
@@ -23,10 +25,10 @@ def _initialized_steps(config, *, steps_per_epoch, num_seeds):
         input_shape=(12,),
         class_counts=COUNTS,
         steps_per_epoch=steps_per_epoch,
-        mesh=train_lib.make_mesh(),
+        mesh=make_mesh(),
     )
     config.num_seeds = num_seeds
-    keys = train_lib.make_population(config).keys()
+    keys = make_population(config).keys()
     return steps, keys, steps.init(keys)
 
 
