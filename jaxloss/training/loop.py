@@ -80,10 +80,10 @@ def load_datasets(
     return splits
 
 
-def _train_epoch(steps, state, batches, *, run, epoch, keys):
+def _train_epoch(run, state, batches, *, epoch, keys):
     """One epoch of ``batches`` (this host's rows of every member's own shuffle, G steps per
     item); returns the state and per-step losses and accuracies (T, M)."""
-    population, num_steps, config = run.population, run.num_steps, run.config
+    steps, population, num_steps, config = run.steps, run.population, run.num_steps, run.config
     member = jax.device_put(population.values)
     losses, accuracies = [], []
     bar = logs.progress_bar(
@@ -395,9 +395,7 @@ def _run_epoch(
     """One epoch: train, stop on a non-finite loss, evaluate, select, log and checkpoint; appends
     the epoch's record to ``history`` and returns the state and the reported epochs."""
     config = run.config
-    state, losses, accuracies = _train_epoch(
-        run.steps, state, batches, run=run, epoch=epoch, keys=keys
-    )
+    state, losses, accuracies = _train_epoch(run, state, batches, epoch=epoch, keys=keys)
     if config.stop_on_nan:
         _check_finite(
             losses,
