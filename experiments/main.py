@@ -19,7 +19,7 @@ detects SLURM, Cloud TPU, Open MPI) or ``--coordinator_address=HOST:PORT --num_p
 launch mistake, a dead process or a hang ends every process with one ``FATAL`` line:
 ``--initialization_timeout`` (s to connect, default 120), ``--heartbeat_timeout`` (s of silence
 that makes a process dead, 30) and ``--stall_timeout`` (s that every process may wait in one
-place, 300) set when (README, "Multi-host").
+place, 300) set when (docs/guide/training.md, "Multi-host").
 """
 
 import os

@@ -1,5 +1,7 @@
-"""The API reference (docs/api) builds with warnings as errors, renders math offline, lists every
-name with its types and no stray links; the data and training names each show a runnable example."""
+"""The documentation (docs: the guide pages and the API reference) builds with warnings as errors,
+so a link between pages that points nowhere fails; every guide page is built; the reference renders
+math offline, lists every name with its types and no stray links; the data and training names each
+show a runnable example."""
 
 import html
 import importlib
@@ -18,6 +20,7 @@ pytest.importorskip(
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY_PAGES = ("exact", "topk_svm", "noised_topk", "calibration", "long_tail", "registry")
 OTHER_PAGES = ("metrics", "data", "training", "checked")
+GUIDE_PAGES = sorted(page.stem for page in (ROOT / "docs" / "guide").glob("*.md"))
 # The modules whose public names must each be described on some page.
 PUBLIC_MODULES = (
     "jaxloss.losses",
@@ -58,18 +61,23 @@ def _public_names(module_name: str) -> list[str]:
     ]
 
 
-def test_api_reference_builds_without_warnings_with_math(tmp_path):
-    out = tmp_path / "html"
+def test_docs_build_without_warnings_with_math(tmp_path):
+    site = tmp_path / "html"
     build = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
-        + [str(ROOT / "docs" / "api"), str(out)],
+        + [str(ROOT / "docs"), str(site)],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=600,
     )
     assert build.returncode == 0, f"sphinx-build failed:\n{build.stdout}\n{build.stderr}"
+    # Every guide page is a page of the site (-W already refuses one that no toctree lists).
+    assert len(GUIDE_PAGES) >= 10, f"docs/guide holds only {GUIDE_PAGES}"
+    unbuilt = [name for name in GUIDE_PAGES if not (site / "guide" / f"{name}.html").is_file()]
+    assert not unbuilt, f"guide pages missing from the built site: {unbuilt}"
 
+    out = site / "api"
     pages = {name: (out / f"{name}.html").read_text() for name in FAMILY_PAGES + OTHER_PAGES}
     # MathJax typesets the elements of class "math" holding \( \) (inline) or \[ \] (display).
     exact = pages["exact"]
@@ -80,11 +88,17 @@ def test_api_reference_builds_without_warnings_with_math(tmp_path):
     assert scripts, "exact.html does not load MathJax"
     assert all("://" not in src for src in scripts), f"MathJax loaded from the network: {scripts}"
     for src in scripts:
-        assert (out / src.split("?")[0]).is_file(), f"{src} is not in the built site"
-    assert (out / "_static" / "mathjax" / "output" / "chtml" / "fonts").is_dir(), "no MathJax fonts"
+        assert (out / src.split("?")[0]).resolve().is_file(), f"{src} is not in the built site"
+    assert (site / "_static" / "mathjax" / "output" / "chtml" / "fonts").is_dir(), (
+        "no MathJax fonts"
+    )
 
     # No e-mail link where a name holds an @ (Pl@ntNet-300K), on any page.
-    mailto = sorted(page.name for page in out.glob("*.html") if "mailto:" in page.read_text())
+    mailto = sorted(
+        str(page.relative_to(site))
+        for page in site.rglob("*.html")
+        if "mailto:" in page.read_text()
+    )
     assert not mailto, f"mailto: links in {mailto}: escape the @ (\\@) in the docstring"
     # The harness pages type every parameter: Any only where any value is meant (dict[str, Any]).
     for name in ("data", "training"):

@@ -376,7 +376,7 @@ def open_path(path: str, *, seed: int = 0) -> dict[str, Source]:
     """The train, validation and test splits of the user's data at ``path``, checked and
     standardized: what ``config.data.name = path`` trains on.
 
-    The formats (see the README's "Training on your own data"):
+    The formats (see "Training on your own data" in docs/guide/data.md):
 
     - a ``.npz`` file with keras' arrays (``x_train``, ``y_train``, ``x_test``, ``y_test``, optional
       ``x_val``, ``y_val``, ``class_names``), read into memory;

@@ -1,9 +1,10 @@
-"""Sphinx configuration of the jaxloss API reference, generated from the docstrings.
+"""Sphinx configuration of the jaxloss documentation: the guide pages (Markdown, docs/guide) and the
+API reference generated from the docstrings (docs/api).
 
 Build it (``pip install -e ".[docs]"`` first; no network needed, neither to build nor to read: MathJax
 is bundled by ``sphinx-mathjax-offline`` and copied into the site's ``_static/mathjax``)::
 
-    sphinx-build -W --keep-going -b html docs/api build/docs
+    sphinx-build -W --keep-going -b html docs build/docs
 """
 
 import inspect
@@ -24,9 +25,15 @@ extensions = [
     # Serves MathJax from the built site instead of a CDN, so the math renders offline.
     "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
+    # The guide pages are Markdown.
+    "myst_parser",
 ]
 
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
+# Headings get anchors, so that a page links to its own sections ([Multi-host](#multi-host)) and a
+# link to a section that does not exist is a warning, as a link to a missing page is.
+myst_heading_anchors = 3
 html_theme = "furo"
 html_title = f"jaxloss {release}"
 
@@ -51,7 +58,7 @@ nitpicky = False
 # The names of jaxloss.losses that the family pages document (``.. autofunction:: jaxloss.losses.x``).
 _ON_FAMILY_PAGES = {
     name
-    for page in Path(__file__).parent.glob("*.rst")
+    for page in (Path(__file__).parent / "api").glob("*.rst")
     for name in re.findall(r"^\.\. auto\w+:: jaxloss\.losses\.(\w+)\s*$", page.read_text(), re.M)
 }
 
