@@ -37,16 +37,19 @@ class StepFunctions:
     """The compiled functions of one run.
 
     Attributes:
-      init: ``init(keys) -> state``; keys (S,) from :meth:`Population.keys`; the state's leaves have a
-        leading seed axis and are replicated over the mesh, but for the heads' class axes (and
-        their optimizer moments), split over ``'model'``.
+      init: ``init(keys) -> state``; keys (S,) from
+        :meth:`~jaxloss.training.population.Population.keys`; the state's leaves have a leading
+        seed axis and are replicated over the mesh, but for the heads' class axes (and their
+        optimizer moments), split over ``'model'``.
       train: ``train(state, batches, keys, member={}) -> (state, stats)``: G optimizer steps in one
-        compiled loop; batches arrays (G, S, B, ...) sharded on B (a :func:`jaxloss.data.train_batches`
-        item); ``member``: :attr:`Population.values`, each (S,); stats: ``loss`` and ``accuracy``
-        of shape (G, S). The input state is donated.
+        compiled loop; batches arrays (G, S, B, ...) sharded on B (a
+        :func:`jaxloss.data.train_batches` item); ``member``:
+        :attr:`~jaxloss.training.population.Population.values`, each (S,); stats: ``loss`` and
+        ``accuracy`` of shape (G, S). The input state is donated.
       evaluate: ``evaluate(state, batch) -> statistics`` of every model on one shared batch
-        (``features`` (B, ...), ``labels`` (B,), ``mask`` (B,)): :func:`metric_statistics` with a
-        leading model axis, reduced over the devices (and hosts) inside the compiled call.
+        (``features`` (B, ...), ``labels`` (B,), ``mask`` (B,)):
+        :func:`~jaxloss.training.evaluation.metric_statistics` with a leading model axis, reduced
+        over the devices (and hosts) inside the compiled call.
       predict: ``predict(state, features) -> logits`` (S, B, C), what every model's head emits.
       batch_sharding: placement of G training batches (G, S, B, ...).
       eval_sharding: placement of an evaluation batch (B, ...).
