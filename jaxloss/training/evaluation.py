@@ -49,12 +49,22 @@ SPLITS = ("validation", "test")
 
 
 def metric_names(k: int) -> list[str]:
-    """The scalar metrics of an evaluation for a top-k cut-off of ``k``."""
+    """The scalar metrics of an evaluation for a top-k cut-off of ``k``.
+
+    Example:
+      >>> metric_names(5)
+      ['accuracy', 'top5_accuracy', 'balanced_accuracy', 'macro_top5_accuracy', 'ece', 'nll']
+    """
     return [name.format(k=k) for name in METRICS]
 
 
 def higher_is_better(name: str) -> bool:
-    """Whether a larger value of metric ``name`` (e.g. ``"top2_accuracy"``) is better."""
+    """Whether a larger value of metric ``name`` (e.g. ``"top2_accuracy"``) is better.
+
+    Example:
+      >>> higher_is_better("top2_accuracy"), higher_is_better("nll")
+      (True, False)
+    """
     pattern = re.sub(r"top\d+_", "top{k}_", name)
     if pattern not in METRICS:
         raise ValueError(f"Unknown metric {name!r}; the metrics are {', '.join(METRICS)}.")
@@ -77,6 +87,22 @@ def metric_statistics(
     Returns:
       ``count``, ``correct`` and ``topk`` per class (C,), ``nll`` (the summed cross-entropy) and
       ``bins`` (3, NUM_BINS): the calibration bins' counts, confidence sums and correct sums.
+
+    Example:
+      Two batches' statistics, added, give the metrics of the four examples
+      (:func:`metrics_from_statistics`): predictions 0, 1, 2, 0 for labels 0, 1, 1, 2.
+
+      >>> import jax, jax.numpy as jnp
+      >>> logits = jnp.array([[2.0, 1, 0], [0, 2, 1], [1, 0, 2], [2, 0, 1]])
+      >>> labels, where = jnp.array([0, 1, 1, 2]), jnp.ones(4, bool)
+      >>> halves = [
+      ...     metric_statistics(logits[i : i + 2], labels[i : i + 2], where[i : i + 2],
+      ...                       num_classes=3, k=2)
+      ...     for i in (0, 2)
+      ... ]
+      >>> result = metrics_from_statistics(jax.tree.map(jnp.add, *halves), k=2)
+      >>> float(result["accuracy"]), float(result["top2_accuracy"]), result["per_class_recall"].tolist()
+      (0.5, 0.75, [1.0, 0.5, 0.0])
     """
     k = min(k, num_classes)
     weights = where.astype(jnp.float32)
@@ -99,7 +125,15 @@ def metric_statistics(
 
 
 def unstack_bins(bins: Any) -> metrics.CalibrationBins:
-    """``bins`` of :func:`metric_statistics` (..., 3, NUM_BINS) as :class:`CalibrationBins`."""
+    """``bins`` of :func:`metric_statistics` (..., 3, NUM_BINS) as
+    :class:`~jaxloss.metrics.CalibrationBins` (e.g. for :func:`jaxloss.metrics.reliability_diagram`).
+
+    Example:
+      >>> import numpy as np
+      >>> bins = unstack_bins(np.zeros((4, 3, NUM_BINS)))  # four models' bins
+      >>> bins.count.shape, bins.correct_sum.shape
+      ((4, 15), (4, 15))
+    """
     bins = np.asarray(bins)
     return metrics.CalibrationBins(bins[..., 0, :], bins[..., 1, :], bins[..., 2, :])
 

@@ -18,6 +18,12 @@ def make_mesh(devices: Any = None, *, model_parallel: int = 1) -> Mesh:
     and the logits) over ``'model'``, of size ``model_parallel`` (1: every device holds every
     class). Consecutive devices share a batch shard, so a process's devices hold a contiguous
     block of ``'data'``.
+
+    Example:
+      >>> import jax
+      >>> mesh = make_mesh()  # the batch over every device, each holding every class
+      >>> mesh.axis_names, mesh.shape["model"], mesh.shape["data"] == jax.device_count()
+      (('data', 'model'), 1, True)
     """
     devices = np.asarray(jax.devices() if devices is None else devices).ravel()
     if model_parallel < 1 or devices.size % model_parallel:

@@ -80,6 +80,18 @@ def make_optimizer(
     Returns:
       An ``optax.GradientTransformation``; its state's structure does not depend on the learning
       rate, so members with different rates share one state layout.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxloss.training import defaults
+      >>> config = defaults.get_config().optimizer
+      >>> config.name, config.learning_rate, config.momentum = "sgd", 0.5, 0.0
+      >>> config.schedule, config.weight_decay = "constant", 0.0
+      >>> tx = make_optimizer(config, steps_per_epoch=10, num_epochs=2)
+      >>> params = {"w": jnp.ones(2)}
+      >>> updates, _ = tx.update({"w": jnp.ones(2)}, tx.init(params), params)
+      >>> updates["w"].tolist()  # -learning_rate * gradient
+      [-0.5, -0.5]
     """
     if learning_rate is None:
         learning_rate = config.learning_rate

@@ -47,6 +47,16 @@ def make_population(config: ml_collections.ConfigDict) -> Population:
     Raises:
       ValueError: a field that cannot vary within one compiled step (a structural hyperparameter
         such as k, or the scale of a cosine head), or tuples of different lengths.
+
+    Example:
+      >>> from jaxloss.training import defaults
+      >>> config = defaults.get_config()
+      >>> config.num_seeds, config.population = 2, {"learning_rate": (0.1, 0.01)}
+      >>> population = make_population(config)
+      >>> population.seeds.tolist()
+      [0, 1, 0, 1]
+      >>> population.values["learning_rate"]
+      array([0.1 , 0.1 , 0.01, 0.01], dtype=float32)
     """
     population = {k: tuple(np.ravel(v)) for k, v in config.population.items()}
     spec = loss_spec(config.loss.name)

@@ -25,6 +25,11 @@ def empty_best(num_models: int, num_classes: int, metric_names: list[str]) -> di
       num_models: the population's size M.
       num_classes: C, the length of ``per_class_recall``.
       metric_names: the recorded metrics (``per_class_recall`` has shape (M, C), the others (M,)).
+
+    Example:
+      >>> best = empty_best(2, 3, ["accuracy", "per_class_recall"])
+      >>> best["epoch"].tolist(), best["test/per_class_recall"].shape, best["validation/bins"].shape
+      ([-1, -1], (2, 3), (2, 3, 15))
     """
     best = {"epoch": np.full((num_models,), -1, np.int64)}
     for split in SPLITS:
@@ -37,7 +42,20 @@ def empty_best(num_models: int, num_classes: int, metric_names: list[str]) -> di
 
 def update_best(best: dict, record: dict, selection: str, *, last: bool = False) -> dict:
     """Keeps, per model, the epoch with the best validation ``selection`` metric (first wins), or
-    with ``last`` the latest epoch (a fixed budget, as the label relaxation paper reports)."""
+    with ``last`` the latest epoch (a fixed budget, as the label relaxation paper reports).
+
+    Example:
+      Two models: the second one's validation NLL got worse at epoch 1, so it keeps epoch 0.
+
+      >>> import numpy as np
+      >>> best = empty_best(2, 3, ["nll"])
+      >>> for epoch, nll in enumerate([[0.9, 0.5], [0.7, 0.6]]):
+      ...     record = {f"{split}/nll": np.array(nll) for split in SPLITS}
+      ...     record.update({f"{split}/bins": np.zeros((2, 3, NUM_BINS)) for split in SPLITS})
+      ...     best = update_best(best, {"epoch": np.array([epoch] * 2), **record}, "nll")
+      >>> best["epoch"].tolist(), best["test/nll"].tolist()
+      ([1, 0], [0.7, 0.5])
+    """
     score = record[f"validation/{selection}"]
     previous = best[f"validation/{selection}"]
     improved = score > previous if higher_is_better(selection) else score < previous
