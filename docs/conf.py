@@ -11,6 +11,10 @@ import inspect
 import re
 from pathlib import Path
 
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.util.docutils import SphinxDirective
+
 import jaxloss
 
 project = "jaxloss"
@@ -55,12 +59,37 @@ add_module_names = False
 nitpicky = False
 
 
-# The names of jaxloss.losses that the family pages document (``.. autofunction:: jaxloss.losses.x``).
-_ON_FAMILY_PAGES = {
+# The registered losses by the API page their spec names (LossSpec.page), in the registry's order.
+_LOSSES_BY_PAGE: dict[str, list[str]] = {}
+for _name in jaxloss.losses.available_losses():
+    _spec = jaxloss.losses.loss_spec(_name)
+    if _spec.page is not None:
+        _LOSSES_BY_PAGE.setdefault(_spec.page, []).append(_spec.fn.__name__)
+
+# The names of jaxloss.losses that the family pages document: their registered losses, and the
+# helpers a page names itself (``.. autofunction:: jaxloss.losses.x``).
+_ON_FAMILY_PAGES = {name for names in _LOSSES_BY_PAGE.values() for name in names} | {
     name
     for page in (Path(__file__).parent / "api").glob("*.rst")
     for name in re.findall(r"^\.\. auto\w+:: jaxloss\.losses\.(\w+)\s*$", page.read_text(), re.M)
 }
+
+
+class _RegisteredLosses(SphinxDirective):
+    """``.. registered-losses::`` documents, where it stands, the losses whose spec names this page:
+    a new loss module appears on its family's page without an edit to the page."""
+
+    def run(self):
+        page = Path(self.env.docname).name
+        lines = StringList()
+        for name in _LOSSES_BY_PAGE.get(page, ()):
+            lines.append(f".. autofunction:: jaxloss.losses.{name}", self.env.docname)
+            lines.append("", self.env.docname)
+        if not lines:
+            raise self.error(f"no registered loss names the page {page!r} (LossSpec.page)")
+        container = nodes.Element()
+        self.state.nested_parse(lines, self.content_offset, container)
+        return container.children
 
 
 def _skip_member(app, what, name, obj, skip, options):
@@ -113,6 +142,7 @@ def _constructor_signature(app, what, name, obj, options, signature, return_anno
 
 
 def setup(app):
+    app.add_directive("registered-losses", _RegisteredLosses)
     app.connect("autodoc-skip-member", _skip_member)
     app.connect("autodoc-process-signature", _constructor_signature)
     app.connect("autodoc-process-docstring", _drop_type_docstring)

@@ -126,8 +126,8 @@ def test_docs_build_without_warnings_with_math(tmp_path):
         if name.endswith("_loss") and name != "get_loss"
     ]
     assert not stray, (
-        f"losses without a family page: {stray}; add `.. autofunction:: jaxloss.losses.<name>` to "
-        "their family's page in docs/api/"
+        f"losses without a family page: {stray}; name it in their LossSpec (page=...), which "
+        "docs/api/<page>.rst lists with `.. registered-losses::`"
     )
 
 

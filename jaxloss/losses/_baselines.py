@@ -118,11 +118,12 @@ def label_smoothing_loss(
 
 
 SPECS = (
-    LossSpec("cross_entropy", cross_entropy_loss),
+    LossSpec("cross_entropy", cross_entropy_loss, page="calibration"),
     LossSpec(
         "label_smoothing",
         label_smoothing_loss,
         ranges={"alpha": Range(0.01, 0.3)},
         tuned=("alpha",),
+        page="calibration",
     ),
 )

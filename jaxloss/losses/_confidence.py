@@ -177,11 +177,13 @@ SPECS = (
         defaults={"beta": 0.3},
         ranges={"beta": Range(0.01, 1.0)},
         tuned=("beta",),
+        page="calibration",
     ),
     LossSpec(
         "focal",
         softmax_focal_loss,
         ranges={"gamma": Range(0.0, 5.0, log=False)},
         tuned=("gamma",),
+        page="calibration",
     ),
 )

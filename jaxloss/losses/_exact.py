@@ -314,5 +314,6 @@ SPECS = (
         schedule_defaults={"initial_variance": 100.0, "min_variance": 1.0},
         optimizer={"gradient_normalizer": True},
         reproducible=_quadrature,
+        page="exact",
     ),
 )

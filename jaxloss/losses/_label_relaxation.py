@@ -101,5 +101,6 @@ SPECS = (
         label_relaxation_loss,
         ranges={"alpha": Range(0.01, 0.5)},
         tuned=("alpha",),
+        page="calibration",
     ),
 )

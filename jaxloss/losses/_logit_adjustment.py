@@ -232,11 +232,12 @@ def logit_adjust(
 
 
 SPECS = (
-    LossSpec("balanced_softmax", balanced_softmax_loss),
+    LossSpec("balanced_softmax", balanced_softmax_loss, page="long_tail"),
     LossSpec(
         "logit_adjusted",
         logit_adjusted_loss,
         ranges={"tau": Range(0.25, 2.0, log=False)},
         tuned=("tau",),
+        page="long_tail",
     ),
 )

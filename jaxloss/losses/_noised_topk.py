@@ -362,6 +362,7 @@ SPECS = (
         ranges={"epsilon": Range(0.05, 5.0)},
         tuned=("epsilon",),
         reproducible=_injected_noise,
+        page="noised_topk",
     ),
     LossSpec(
         "imbalanced_noised_topk",
@@ -375,6 +376,7 @@ SPECS = (
         tuned=("max_m",),
         logit_scale="scale",
         reproducible=_injected_noise,
+        page="noised_topk",
     ),
     LossSpec(
         "ldam",
@@ -382,5 +384,6 @@ SPECS = (
         ranges={"max_m": Range(0.05, 1.0), "scale": Range(10.0, 100.0)},
         tuned=("max_m",),
         logit_scale="scale",
+        page="noised_topk",
     ),
 )

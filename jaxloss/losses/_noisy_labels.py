@@ -90,5 +90,6 @@ SPECS = (
         generalized_cross_entropy_loss,
         ranges={"q": Range(0.1, 1.0, log=False)},
         tuned=("q",),
+        page="calibration",
     ),
 )

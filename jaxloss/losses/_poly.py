@@ -78,5 +78,6 @@ SPECS = (
         poly1_loss,
         ranges={"epsilon": Range(-1.0, 4.0, log=False)},
         tuned=("epsilon",),
+        page="calibration",
     ),
 )

@@ -65,6 +65,8 @@ class LossSpec:
       reproducible: ``reproducible(shape, rng, hyperparameters) -> kwargs`` that make a
         stochastic loss deterministic and identical across devices (injected noise, or a
         deterministic method), for tests that compare runs; None for deterministic losses.
+      page: the API reference page that documents ``fn`` (``docs/api/<page>.rst``, its family's),
+        which lists its losses from these specs; None leaves ``fn`` to the registry's page.
     """
 
     name: str
@@ -77,6 +79,7 @@ class LossSpec:
     schedule_defaults: Mapping[str, float] = dataclasses.field(default_factory=dict)
     optimizer: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     reproducible: Callable[..., dict[str, Any]] | None = None
+    page: str | None = None
 
     def __post_init__(self):
         accepted = self.signature_defaults()

@@ -322,6 +322,7 @@ SPECS = (
             "hard_threshold": Range(10.0, 1e4),
         },
         tuned=("tau",),
+        page="topk_svm",
     ),
     LossSpec(
         "topk_svm",
@@ -329,5 +330,6 @@ SPECS = (
         defaults={"k": 5},
         ranges={"alpha": Range(0.1, 2.0)},
         tuned=("alpha",),
+        page="topk_svm",
     ),
 )

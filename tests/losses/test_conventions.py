@@ -9,6 +9,8 @@
   name before any work, and None is the whole row. (Its values: tests/losses/test_class_sharded.py.)
 """
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -178,3 +180,11 @@ def test_readme_lists_exactly_the_reverse_mode_only_losses():
     listed = set(re.findall(r"`(\w+)`", sentence))
     specs = (jaxloss.loss_spec(name) for name in NAMES)
     assert listed == {spec.fn.__name__ for spec in specs if spec.reverse_mode_only}
+
+
+def test_every_loss_names_an_api_page_that_lists_the_registered_losses(spec):
+    # The family pages list their losses from the specs (``.. registered-losses::``, docs/conf.py),
+    # so a loss whose spec names no page, or a page without the directive, is missing from the docs.
+    page = Path(testing.REPO_ROOT) / "docs" / "api" / f"{spec.page}.rst"
+    assert spec.page is not None and page.is_file(), f"{spec.name}: page={spec.page!r}"
+    assert ".. registered-losses::" in page.read_text(), f"{page} does not list its losses"
