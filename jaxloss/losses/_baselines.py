@@ -6,12 +6,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxloss import _validation
-from jaxloss.losses import _softmax
+from jaxloss.losses import _docstrings, _softmax
 from jaxloss.losses._spec import LossSpec, Range
 
 __all__ = ["cross_entropy_loss", "label_smoothing_loss"]
 
 
+@_docstrings.shared_args
 def cross_entropy_loss(
     logits: jax.Array,
     labels: jax.Array,
@@ -32,12 +33,9 @@ def cross_entropy_loss(
     Args:
       logits: unnormalized scores, shape ``(..., num_classes)`` (classes along ``axis``).
       labels: integer labels in ``[0, num_classes)``, shape ``(...)``.
-      axis: the class axis of ``logits``, or a tuple of axes whose flattened product is the
-        class axis (as in optax).
-      where: optional boolean mask, broadcastable to ``logits`` (False excludes a class) or of the
-        labels' shape (False excludes an example, whose loss is 0).
-      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over,
-        or None (the default) for whole rows.
+      axis: (shared)
+      where: (shared)
+      class_axis_name: (shared)
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.
@@ -58,6 +56,7 @@ def cross_entropy_loss(
     return inputs.finish(ce)
 
 
+@_docstrings.shared_args
 def label_smoothing_loss(
     logits: jax.Array,
     labels: jax.Array,
@@ -78,12 +77,9 @@ def label_smoothing_loss(
       logits: unnormalized scores, shape ``(..., num_classes)`` (classes along ``axis``).
       labels: integer labels in ``[0, num_classes)``, shape ``(...)``.
       alpha: the mass spread uniformly over the classes, in ``[0, 1]``; 0 is the cross-entropy.
-      axis: the class axis of ``logits``, or a tuple of axes whose flattened product is the
-        class axis (as in optax).
-      where: optional boolean mask, broadcastable to ``logits`` (False excludes a class) or of the
-        labels' shape (False excludes an example, whose loss is 0).
-      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over,
-        or None (the default) for whole rows.
+      axis: (shared)
+      where: (shared)
+      class_axis_name: (shared)
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.

@@ -6,10 +6,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxloss import _validation
-from jaxloss.losses import _softmax
+from jaxloss.losses import _docstrings, _softmax
 from jaxloss.losses._spec import LossSpec, Range
 
 
+@_docstrings.shared_args
 def confidence_penalty_loss(
     logits: jax.Array,
     labels: jax.Array,
@@ -34,15 +35,9 @@ def confidence_penalty_loss(
       logits: unnormalized scores, shape ``(..., num_classes)`` (classes along ``axis``).
       labels: integer labels in ``[0, num_classes)``, shape ``(...)``.
       beta: weight of the entropy bonus, ``>= 0``; 0 gives the cross-entropy.
-      axis: the class axis of ``logits``, or a tuple of axes whose flattened product is the
-        class axis (as in optax).
-      where: optional boolean mask, broadcastable to ``logits`` (False excludes a class) or of the
-        labels' shape (False excludes an example, whose loss is 0). An excluded class leaves the
-        softmax; the label's logit enters as it is even when its class is excluded, as in optax.
-      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
-        (each device holding a contiguous block of every row's classes, and of any per-class
-        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
-        XLA splits class-sharded logits itself.
+      axis: (shared)
+      where: (shared: softmax)
+      class_axis_name: (shared)
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.
@@ -82,6 +77,7 @@ def confidence_penalty_loss(
     return inputs.finish(ce - beta * entropy)
 
 
+@_docstrings.shared_args
 def softmax_focal_loss(
     logits: jax.Array,
     labels: jax.Array,
@@ -112,15 +108,9 @@ def softmax_focal_loss(
       gamma: focusing parameter, ``>= 0``.
       class_weights: optional weight of each true class, shape ``(num_classes,)`` (under
         ``class_axis_name``, the device's block of it), each finite and ``>= 0``.
-      axis: the class axis of ``logits``, or a tuple of axes whose flattened product is the
-        class axis (as in optax).
-      where: optional boolean mask, broadcastable to ``logits`` (False excludes a class) or of the
-        labels' shape (False excludes an example, whose loss is 0). An excluded class leaves the
-        softmax; the label's logit enters as it is even when its class is excluded, as in optax.
-      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
-        (each device holding a contiguous block of every row's classes, and of any per-class
-        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
-        XLA splits class-sharded logits itself.
+      axis: (shared)
+      where: (shared: softmax)
+      class_axis_name: (shared)
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxloss import _autodiff, _validation, optim
+from jaxloss import _autodiff, _classes, _validation, optim
+from jaxloss.losses import _docstrings
 from jaxloss.losses._spec import LossSpec, Range
-from jaxloss.ops._orthant import check_key, gaussian_orthant_probability
+from jaxloss.ops._orthant import check_key, orthant_core
 
 __all__ = ["exact_loss"]
 
@@ -45,10 +46,11 @@ def _normalize(z, counted, axis_name, classes):
 
 
 def _check_draws(k: int, sample_size: Any, batch_shape: tuple[int, ...]) -> None:
-    """Refuses a Genz estimate whose uniforms (k x N per example) would not fit one call."""
+    """Checks ``sample_size``, and refuses a Genz estimate whose uniforms (k x N per example, for
+    k > 1 entries) would not fit one call."""
     sample_size = _validation.check_integer("sample_size", sample_size, lower=1)
     draws = k * sample_size * math.prod(batch_shape)
-    if draws >= _MAX_DRAWS:
+    if k > 1 and draws >= _MAX_DRAWS:
         raise ValueError(
             f"sample_size={sample_size}: exact_loss would draw {draws} uniforms ({k} competitors "
             f"x {sample_size} samples x {math.prod(batch_shape)} examples); at most 2**32 - 1 are "
@@ -58,6 +60,7 @@ def _check_draws(k: int, sample_size: Any, batch_shape: tuple[int, ...]) -> None
 
 
 @_autodiff.reverse_mode_only
+@_docstrings.shared_args
 def exact_loss(
     logits: Any,
     labels: Any,
@@ -69,7 +72,7 @@ def exact_loss(
     sample_size: int = 16,
     normalize_logits: bool | None = None,
     truncate_classes: int | None = None,
-    axis: int = -1,
+    axis: int | tuple[int, ...] = -1,
     where: Any = None,
     axis_name: str | None = None,
     method: str = "genz",
@@ -166,20 +169,15 @@ def exact_loss(
       truncate_classes: if given, only the ``truncate_classes`` strongest competitors of each
         example are integrated: an upper bound on accuracy (lower bound on the loss), much cheaper
         for large C.
-      axis: the class axis of ``logits``.
-      where: optional boolean mask broadcastable to the logits (or of the labels' shape, one flag
-        per example); False removes a class from the competition and from the normalization
-        statistics.
+      axis: (shared)
+      where: (shared) False also removes a class from the normalization statistics.
       axis_name: mapped axis name(s) over which the normalization statistics are summed
         (``shard_map``/``pmap``), and whose index is folded into ``key``; None uses the local
         batch and the key as given. These are the axes the examples are split over (data
         parallelism); the axis the classes are split over is ``class_axis_name``, never named
         here.
       method: ``"genz"`` (the reference's estimator) or ``"quadrature"`` (deterministic).
-      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
-        (each device holding a contiguous block of every row's classes, and of any per-class
-        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
-        XLA splits class-sharded logits itself.
+      class_axis_name: (shared)
 
     Returns:
       The per-example loss in [0, 1], shape ``labels.shape``, in the logits' dtype.
@@ -230,7 +228,7 @@ def exact_loss(
         method=method,
         uniforms=uniforms,
     )
-    if method == "genz" and uniforms is None and k > 1:
+    if method == "genz" and uniforms is None:
         _check_draws(k, sample_size, labels.shape)
     if key is not None and axis_name is not None:
         key = jax.random.fold_in(key, lax.axis_index(axis_name))
@@ -276,8 +274,10 @@ def exact_loss(
         others = jnp.arange(num_classes - 1)
         others = others + (others >= labels[..., None])
         mu = jnp.take_along_axis(classes.whole(mu), others, axis=-1)
-    probability = gaussian_orthant_probability(
+    # The op's unchecked core: the logits were prepared and its arguments checked above.
+    probability = orthant_core(
         mu,
+        classes if not whole_rows else _classes.WHOLE,
         key=key,
         sample_size=sample_size,
         uniforms=uniforms,
@@ -285,7 +285,6 @@ def exact_loss(
         # at +inf, which drop out alike).
         truncate_classes=k if truncated else None,
         method=method,
-        class_axis_name=None if whole_rows else class_axis_name,
     )
     return prepared.finish(1.0 - probability)
 

@@ -7,10 +7,11 @@ import jax.numpy as jnp
 from jax.scipy.special import xlogy
 
 from jaxloss import _validation
-from jaxloss.losses import _softmax
+from jaxloss.losses import _docstrings, _softmax
 from jaxloss.losses._spec import LossSpec, Range
 
 
+@_docstrings.shared_args
 def label_relaxation_loss(
     logits: jax.Array,
     labels: jax.Array,
@@ -44,15 +45,9 @@ def label_relaxation_loss(
       logits: unnormalized scores, shape ``(..., num_classes)`` (classes along ``axis``).
       labels: integer labels in ``[0, num_classes)``, shape ``(...)``.
       alpha: imprecision of the target, in ``[0, 1)``.
-      axis: the class axis of ``logits``, or a tuple of axes whose flattened product is the
-        class axis (as in optax).
-      where: optional boolean mask, broadcastable to ``logits`` (False excludes a class) or of the
-        labels' shape (False excludes an example, whose loss is 0). An excluded class leaves the
-        softmax; the label's logit enters as it is even when its class is excluded, as in optax.
-      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
-        (each device holding a contiguous block of every row's classes, and of any per-class
-        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
-        XLA splits class-sharded logits itself.
+      axis: (shared)
+      where: (shared: softmax)
+      class_axis_name: (shared)
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.

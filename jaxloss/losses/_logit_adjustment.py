@@ -8,7 +8,7 @@ import numpy as np
 
 from jaxloss import _validation
 from jaxloss._classes import ClassAxis
-from jaxloss.losses import _softmax
+from jaxloss.losses import _docstrings, _softmax
 from jaxloss.losses._spec import LossSpec, Range
 
 
@@ -55,6 +55,7 @@ def _adjusted_cross_entropy(logits, labels, *, class_counts, tau, axis, where, c
     return inputs.finish(ce)
 
 
+@_docstrings.shared_args
 def balanced_softmax_loss(
     logits: jax.Array,
     labels: jax.Array,
@@ -81,15 +82,9 @@ def balanced_softmax_loss(
       class_counts: training examples per class in label order, shape ``(num_classes,)`` (under
         ``class_axis_name``, the device's block of it); every count must be positive (a zero
         count would give an infinite loss).
-      axis: the class axis of ``logits``, or a tuple of axes whose flattened product is the
-        class axis (as in optax).
-      where: optional boolean mask, broadcastable to ``logits`` (False excludes a class) or of the
-        labels' shape (False excludes an example, whose loss is 0). An excluded class leaves the
-        softmax; the label's logit enters as it is even when its class is excluded, as in optax.
-      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
-        (each device holding a contiguous block of every row's classes, and of any per-class
-        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
-        XLA splits class-sharded logits itself.
+      axis: (shared)
+      where: (shared: softmax)
+      class_axis_name: (shared)
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.
@@ -118,6 +113,7 @@ def balanced_softmax_loss(
     )
 
 
+@_docstrings.shared_args
 def logit_adjusted_loss(
     logits: jax.Array,
     labels: jax.Array,
@@ -144,15 +140,9 @@ def logit_adjusted_loss(
         is normalized), shape ``(num_classes,)`` (under ``class_axis_name``, the device's block
         of it).
       tau: strength of the adjustment, ``>= 0``.
-      axis: the class axis of ``logits``, or a tuple of axes whose flattened product is the
-        class axis (as in optax).
-      where: optional boolean mask, broadcastable to ``logits`` (False excludes a class) or of the
-        labels' shape (False excludes an example, whose loss is 0). An excluded class leaves the
-        softmax; the label's logit enters as it is even when its class is excluded, as in optax.
-      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
-        (each device holding a contiguous block of every row's classes, and of any per-class
-        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
-        XLA splits class-sharded logits itself.
+      axis: (shared)
+      where: (shared: softmax)
+      class_axis_name: (shared)
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.
@@ -180,6 +170,7 @@ def logit_adjusted_loss(
     )
 
 
+@_docstrings.shared_args
 def logit_adjust(
     logits: jax.Array,
     *,
@@ -204,10 +195,7 @@ def logit_adjust(
         ``class_axis_name``, the device's block of it).
       tau: strength of the adjustment, ``>= 0``.
       axis: the class axis of ``logits`` (one axis: the output keeps the logits' layout).
-      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
-        (each device holding a contiguous block of every row's classes, and of any per-class
-        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
-        XLA splits class-sharded logits itself.
+      class_axis_name: (shared)
 
     Returns:
       The adjusted logits, same shape and dtype as ``logits``.

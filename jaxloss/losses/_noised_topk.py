@@ -10,6 +10,7 @@ import numpy as np
 
 from jaxloss import _autodiff, _validation
 from jaxloss._classes import WHOLE, ClassAxis
+from jaxloss.losses import _docstrings
 from jaxloss.losses._softmax import cross_entropy
 from jaxloss.losses._spec import LossSpec, Range
 from jaxloss.ops._noised_topk import noised_topk
@@ -58,6 +59,7 @@ def _hinge(margin, threshold, true):
 
 
 @_autodiff.reverse_mode_only
+@_docstrings.shared_args
 def balanced_noised_topk_loss(
     logits: Any,
     labels: Any,
@@ -95,14 +97,10 @@ def balanced_noised_topk_loss(
       key: PRNG key; exactly one of ``key`` and ``noise`` unless ``epsilon == 0``.
       noise: standard-normal draws of shape ``logits.shape + (sample_size,)``.
       axis: the class axis.
-      where: optional boolean class mask broadcastable to ``logits``, or of the labels' shape (per
-        example); False classes never rank, nor do ``-inf`` logits. The label's logit counts even
-        when its class is masked. With k or fewer classes left to rank the loss is 0 with
+      where: (shared) Excluded classes never rank, nor do ``-inf`` logits. The label's logit counts
+        even when its class is masked. With k or fewer classes left to rank the loss is 0 with
         gradient 0 (the true class is in the top k whatever its score).
-      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
-        (each device holding a contiguous block of every row's classes, and of any per-class
-        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
-        XLA splits class-sharded logits itself.
+      class_axis_name: (shared)
 
     Returns:
       Per-example losses, shape of ``labels``, in the logits' dtype: NaN where a logit that takes
@@ -180,6 +178,7 @@ def _margins(counts: jax.Array, max_m: Any, classes: ClassAxis) -> jax.Array:
 
 
 @_autodiff.reverse_mode_only
+@_docstrings.shared_args
 def imbalanced_noised_topk_loss(
     logits: Any,
     labels: Any,
@@ -220,14 +219,10 @@ def imbalanced_noised_topk_loss(
       key: PRNG key; exactly one of ``key`` and ``noise`` unless ``epsilon == 0``.
       noise: standard-normal draws of shape ``logits.shape + (sample_size,)``.
       axis: the class axis.
-      where: optional boolean class mask broadcastable to ``logits``, or of the labels' shape (per
-        example); False classes never rank, nor do ``-inf`` logits. The label's logit counts even
-        when its class is masked. With k or fewer classes left to rank the loss is 0 with
+      where: (shared) Excluded classes never rank, nor do ``-inf`` logits. The label's logit counts
+        even when its class is masked. With k or fewer classes left to rank the loss is 0 with
         gradient 0 (the true class is in the top k whatever its score).
-      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
-        (each device holding a contiguous block of every row's classes, and of any per-class
-        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
-        XLA splits class-sharded logits itself.
+      class_axis_name: (shared)
 
     Returns:
       Per-example losses, shape of ``labels``, in the logits' dtype: NaN where a logit that takes
@@ -271,6 +266,7 @@ def imbalanced_noised_topk_loss(
     return prepared.finish(loss)
 
 
+@_docstrings.shared_args
 def ldam_loss(
     logits: Any,
     labels: Any,
@@ -301,14 +297,9 @@ def ldam_loss(
       max_m: margin of the rarest class, ``>= 0``.
       scale: positive factor on the scores (the inverse temperature of the softmax).
       axis: the class axis.
-      where: optional boolean class mask broadcastable to ``logits``, or of the labels' shape (per
-        example); False classes are excluded from the softmax, as are ``-inf`` logits. As in
-        :func:`optax.softmax_cross_entropy_with_integer_labels`, the label's logit counts even
-        when its class is masked, and a row with no class left gives 0 (here with gradient 0).
-      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
-        (each device holding a contiguous block of every row's classes, and of any per-class
-        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
-        XLA splits class-sharded logits itself.
+      where: (shared: softmax) A ``-inf`` logit is excluded too; a row with no class left gives 0 (here with
+        gradient 0).
+      class_axis_name: (shared)
 
     Returns:
       Per-example losses, shape of ``labels``, in the logits' dtype; NaN where a logit that takes

@@ -6,12 +6,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxloss import _validation
-from jaxloss.losses import _softmax
+from jaxloss.losses import _docstrings, _softmax
 from jaxloss.losses._spec import LossSpec, Range
 
 __all__ = ["generalized_cross_entropy_loss"]
 
 
+@_docstrings.shared_args
 def generalized_cross_entropy_loss(
     logits: jax.Array,
     labels: jax.Array,
@@ -39,15 +40,9 @@ def generalized_cross_entropy_loss(
       logits: unnormalized scores, shape ``(..., num_classes)`` (classes along ``axis``).
       labels: integer labels in ``[0, num_classes)``, shape ``(...)``.
       q: the exponent, in ``(0, 1]`` (the paper trains with 0.7); may be a traced array.
-      axis: the class axis of ``logits``, or a tuple of axes whose flattened product is the
-        class axis (as in optax).
-      where: optional boolean mask, broadcastable to ``logits`` (False excludes a class) or of the
-        labels' shape (False excludes an example, whose loss is 0). An excluded class leaves the
-        softmax; the label's logit enters as it is even when its class is excluded, as in optax.
-      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
-        (each device holding a contiguous block of every row's classes), or None (the default)
-        for whole rows. Under plain ``jax.jit`` leave it None: XLA splits class-sharded logits
-        itself.
+      axis: (shared)
+      where: (shared: softmax)
+      class_axis_name: (shared)
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.

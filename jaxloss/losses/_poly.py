@@ -6,12 +6,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxloss import _validation
-from jaxloss.losses import _softmax
+from jaxloss.losses import _docstrings, _softmax
 from jaxloss.losses._spec import LossSpec, Range
 
 __all__ = ["poly1_loss"]
 
 
+@_docstrings.shared_args
 def poly1_loss(
     logits: jax.Array,
     labels: jax.Array,
@@ -38,13 +39,9 @@ def poly1_loss(
         axes flattens them, as in optax).
       labels: integer labels in ``[0, num_classes)``, shape ``(...)``.
       epsilon: weight of the polynomial term, ``>= -1``.
-      axis: the class axis (or axes) of ``logits``.
-      where: optional boolean class mask broadcastable to ``logits`` (or a per-example mask of the
-        labels' shape); False excludes a class.
-      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
-        (each device holding a contiguous block of every row's classes, and of any per-class
-        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
-        XLA splits class-sharded logits itself.
+      axis: (shared)
+      where: (shared)
+      class_axis_name: (shared)
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype.

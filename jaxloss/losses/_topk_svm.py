@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxloss import _autodiff, _validation
+from jaxloss.losses import _docstrings
 from jaxloss.losses._softmax import row_max
 from jaxloss.losses._spec import LossSpec, Range
 from jaxloss.ops import _esf
@@ -97,13 +98,14 @@ def _finish(rows, loss, few):
     return rows.inputs.finish(jnp.where(nan, jnp.nan, loss))
 
 
+@_docstrings.shared_args
 def topk_svm_loss(
     logits: jax.Array,
     labels: jax.Array,
     *,
     k: int,
     alpha: float = 1.0,
-    axis: int = -1,
+    axis: int | tuple[int, ...] = -1,
     where: jax.Array | None = None,
     class_axis_name: str | None = None,
 ) -> jax.Array:
@@ -124,15 +126,10 @@ def topk_svm_loss(
       labels: integer labels in ``[0, num_classes)``, shape ``(...)``.
       k: how many guesses count, an int >= 1 (required).
       alpha: the margin, >= 0 (a traced array is fine).
-      axis: the class axis of ``logits``.
-      where: optional boolean class mask broadcastable to ``logits``, or of the labels' shape (per
-        example); False excludes a class from the competition. A ``-inf`` logit is excluded too.
-        The label's logit counts even when its class is masked; a row with fewer than k other
-        classes left has loss 0 and gradient 0.
-      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
-        (each device holding a contiguous block of every row's classes, and of any per-class
-        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
-        XLA splits class-sharded logits itself.
+      axis: (shared)
+      where: (shared) A ``-inf`` logit is excluded too. The label's logit counts even when its class
+        is masked; a row with fewer than k other classes left has loss 0 and gradient 0.
+      class_axis_name: (shared)
 
     Returns:
       The loss per example, shape ``(...)``, in the logits' dtype: NaN where a logit that takes
@@ -159,6 +156,7 @@ def topk_svm_loss(
 
 
 @_autodiff.reverse_mode_only
+@_docstrings.shared_args
 def smooth_topk_svm_loss(
     logits: jax.Array,
     labels: jax.Array,
@@ -167,7 +165,7 @@ def smooth_topk_svm_loss(
     alpha: float = 1.0,
     tau: float = 1.0,
     hard_threshold: float | None = 1e3,
-    axis: int = -1,
+    axis: int | tuple[int, ...] = -1,
     where: jax.Array | None = None,
     class_axis_name: str | None = None,
 ) -> jax.Array:
@@ -205,15 +203,10 @@ def smooth_topk_svm_loss(
       alpha: the margin, >= 0.
       tau: the temperature, > 0.
       hard_threshold: the switch's ratio (>= 1), or None to always use the smooth loss.
-      axis: the class axis of ``logits``.
-      where: optional boolean class mask broadcastable to ``logits``, or of the labels' shape (per
-        example); False excludes a class from the competition. A ``-inf`` logit is excluded too.
-        The label's logit counts even when its class is masked; a row with fewer than k other
-        classes left has loss 0 and gradient 0.
-      class_axis_name: inside ``jax.shard_map``, the mesh axis that the class axis is split over
-        (each device holding a contiguous block of every row's classes, and of any per-class
-        vector), or None (the default) for whole rows. Under plain ``jax.jit`` leave it None:
-        XLA splits class-sharded logits itself.
+      axis: (shared)
+      where: (shared) A ``-inf`` logit is excluded too. The label's logit counts even when its class
+        is masked; a row with fewer than k other classes left has loss 0 and gradient 0.
+      class_axis_name: (shared)
 
     ``alpha``, ``tau`` and ``hard_threshold`` may be traced arrays (``jax.jit`` arguments,
     ``jax.vmap`` over a population); ``k`` is static.
@@ -279,8 +272,9 @@ def smooth_topk_svm_loss(
         x = scores / (k * tau[..., None])
         lowest = (lowest / (k * tau))[..., None]
         floor = jnp.where(lowest == jnp.inf, 0.0, lowest) - _FAR_BELOW
-        log_sigma, top_x, top_index = _esf.log_esf_and_top_k(
-            jnp.where(rows.competes, x, floor), k, class_axis_name=classes.name
+        # The op's unchecked core: the logits were prepared (and k checked) above.
+        log_sigma, top_x, top_index = _esf.top_k_core(
+            jnp.where(rows.competes, x, floor), k, classes
         )
         log_ratio = (
             alpha / tau + log_sigma[..., k] - log_sigma[..., k - 1] - label_score / (k * tau)

@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxloss import _autodiff, _validation
+from jaxloss import _autodiff, _classes, _validation
 
-__all__ = ["log_esf", "log_esf_and_top_k"]
+__all__ = ["log_esf", "log_esf_and_top_k", "top_k_core"]
 
 # Largest value the linear-space sums of the rest may reach, as a fraction of the dtype's maximum.
 _HEADROOM = 1e-3
@@ -97,8 +97,8 @@ def log_esf_and_top_k(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """:func:`log_esf`, and the min(k + 1, n) largest entries that it selected with their indices.
 
-    For callers that need the top k + 1 as well (the smooth top-k loss's hard switch): one
-    selection serves both. The entries are differentiable as ``lax.top_k``'s are.
+    For callers that need the top k + 1 as well: one selection serves both. The entries are
+    differentiable as ``lax.top_k``'s are. The checks, then :func:`top_k_core`.
 
     Returns:
       ``(log_sigma, values, indices)``: :func:`log_esf`'s output, and the largest entries along
@@ -107,8 +107,34 @@ def log_esf_and_top_k(
     """
     k = _validation.check_integer("k", k, lower=1)
     inputs = _validation.prepare(x, axis=axis, min_classes=k, class_axis_name=class_axis_name)
-    values = inputs.logits
-    n = inputs.num_classes
+    log_sigma, top, top_index = top_k_core(inputs.logits, k, inputs.classes)
+    return log_sigma.astype(inputs.out_dtype), top, top_index
+
+
+def top_k_core(
+    values: jax.Array, k: int, classes: _classes.ClassAxis
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`log_esf_and_top_k` without its checks, for callers that prepared their inputs.
+
+    The smooth top-k loss prepares its logits (and checks k) itself, and its hard switch needs the
+    top k + 1 as well: it calls this core, so that nothing is validated twice.
+
+    Args:
+      values: the n terms along the last axis, in the compute dtype (as ``prepare`` leaves
+        them).
+      k: highest degree, an int in ``[1, n]`` (checked by the caller).
+      classes: how the last axis is laid out (whole, or split over ``classes.name``).
+
+    Returns:
+      ``(log_sigma, values, indices)``: :func:`log_esf`'s output in ``values``' dtype, and the
+      largest entries (descending) and their indices (global ones when split), both of shape
+      ``values.shape[:-1]`` plus a trailing axis of size min(k + 1, n).
+
+    Raises:
+      ValueError: k so large for n that C(n, k) approaches the dtype's range (a limit of the
+        algorithm, which no caller checks).
+    """
+    n = classes.global_size(values.shape[-1])
     limit = _HEADROOM * float(jnp.finfo(values.dtype).max) / 2.0**k
     if n > k and math.comb(n, k) > limit:
         raise ValueError(
@@ -118,9 +144,9 @@ def log_esf_and_top_k(
         )
     batch_shape = values.shape[:-1]
     flat = values.reshape(-1, values.shape[-1])
-    out, top, top_index = _log_esf_rows(k, inputs.classes, flat)
+    out, top, top_index = _log_esf_rows(k, classes, flat)
     top, top_index = (a.reshape(*batch_shape, -1) for a in (top, top_index))
-    return out.reshape(*batch_shape, k + 1).astype(inputs.out_dtype), top, top_index
+    return out.reshape(*batch_shape, k + 1), top, top_index
 
 
 def _ratios(t, xw, e):

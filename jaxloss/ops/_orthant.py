@@ -15,7 +15,7 @@ from jax.scipy import special
 from jaxloss import _autodiff, _classes, _validation
 from jaxloss.ops import _special
 
-__all__ = ["gaussian_orthant_probability"]
+__all__ = ["check_key", "gaussian_orthant_probability", "orthant_core"]
 
 _SQRT2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -306,15 +306,51 @@ def gaussian_orthant_probability(
       Letters, 2024.
     """
     prepared = _validation.prepare(mu, min_classes=1, class_axis_name=class_axis_name)
-    mu, out_dtype, entries = prepared.logits, prepared.out_dtype, prepared.classes
-    batch_shape, dim = mu.shape[:-1], prepared.num_classes
-    k = check_key(key, dim=dim, truncate_classes=truncate_classes, method=method, uniforms=uniforms)
+    check_key(
+        key,
+        dim=prepared.num_classes,
+        truncate_classes=truncate_classes,
+        method=method,
+        uniforms=uniforms,
+    )
     if method == "genz" and uniforms is None:
         _validation.check_integer("sample_size", sample_size, lower=1)
+    probability = orthant_core(
+        prepared.logits,
+        prepared.classes,
+        key=key,
+        sample_size=sample_size,
+        uniforms=uniforms,
+        truncate_classes=truncate_classes,
+        method=method,
+    )
+    return probability.astype(prepared.out_dtype)
+
+
+def orthant_core(
+    mu: jax.Array,
+    entries: _classes.ClassAxis,
+    *,
+    key: jax.Array | None,
+    sample_size: int,
+    uniforms: Any,
+    truncate_classes: int | None,
+    method: str,
+) -> jax.Array:
+    """:func:`gaussian_orthant_probability` without its checks, for callers that made them.
+
+    EXACT's loss prepares its logits and checks ``key``, ``truncate_classes``, ``method`` and
+    ``sample_size`` itself (:func:`check_key`), then calls this core, so that nothing is validated
+    twice. ``mu`` holds the entries along its last axis in the compute dtype (as ``prepare``
+    leaves them), laid out as ``entries`` says; the result is in ``mu``'s dtype. The shape of
+    ``uniforms`` is checked here: it depends on the number of integrated entries.
+    """
+    batch_shape, dim = mu.shape[:-1], entries.global_size(mu.shape[-1])
+    k = dim if truncate_classes is None else min(truncate_classes, dim)
     rows = jnp.clip(mu.reshape(-1, mu.shape[-1]), -_SATURATED, _SATURATED)
     if method == "quadrature" and k == dim:
         # A sum over the entries: split rows stay split.
-        return _quadrature(rows, entries).reshape(batch_shape).astype(out_dtype)
+        return _quadrature(rows, entries).reshape(batch_shape)
     if k < dim:
         # The k smallest, ascending, ties by index, as the stable sort's first k: a selection,
         # O(C) instead of the sort's O(C log C) (47 s -> 1 s at 1024 x 99,999, k = 128), and
@@ -328,7 +364,7 @@ def gaussian_orthant_probability(
         order = jnp.argsort(lax.stop_gradient(_sort_keys(rows)), axis=-1, stable=True)
         rows = jnp.take_along_axis(rows, order, axis=-1)
     if method == "quadrature":
-        return _quadrature(rows, _classes.WHOLE).reshape(batch_shape).astype(out_dtype)
+        return _quadrature(rows, _classes.WHOLE).reshape(batch_shape)
 
     if uniforms is not None:
         uniforms = jnp.asarray(uniforms)
@@ -349,4 +385,4 @@ def gaussian_orthant_probability(
     # over the mesh axes of the uniforms too: mu gets them here, so that this sum's transpose adds
     # the gradient up over those mu does not vary over. A no-op outside shard_map.
     rows = rows + jnp.zeros_like(flat_uniforms[0, 0])[:, None]
-    return _genz(rows, flat_uniforms).reshape(batch_shape).astype(out_dtype)
+    return _genz(rows, flat_uniforms).reshape(batch_shape)
