@@ -1,7 +1,7 @@
 r"""Compares every loss on the embedded data sets with an equal tuning budget, offline, on a CPU.
 
     python experiments/compare.py --workdir results [--config experiments/configs/compare.py]
-    python experiments/compare.py --workdir results --readme README.md   # also the README's table
+    python experiments/compare.py --workdir results --readme README.md   # also the README and docs
 
 Writes ``results.md`` ("which loss when" per setup first, from the verdicts), ``results.csv``,
 ``results.json`` (every test value and tuning trial; two runs on one machine write the same
@@ -31,11 +31,12 @@ _WORKDIR = flags.DEFINE_string("workdir", "results", "Where tables, plots and ru
 _README = flags.DEFINE_string(
     "readme",
     None,
-    "If set (README.md), replace its comparison table with this run's, name the commit it ran "
-    "from, and copy the plots it shows into docs/, so that no figure in it is copied by hand.",
+    "If set (README.md), replace its comparison headline and the table of the comparison page "
+    "beside it (docs/guide/comparison.md) with this run's, name the commit it ran from, and copy "
+    "the plots that page shows into docs/, so that no figure in them is copied by hand.",
 )
 
-# The plots the README shows (copied into docs/ by --readme).
+# The plots the comparison page shows (copied into docs/ by --readme).
 README_PLOTS = ("bars_ranking.png", "sensitivity.png", "reliability.png", "per_class_recall.png")
 
 

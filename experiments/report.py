@@ -184,6 +184,39 @@ def _pairs(cells: Sequence[Cell], setup: str):
     return rows, base
 
 
+def _verdicts(rows: Sequence[Cell], base: Cell, name: str):
+    """Each loss's paired difference to ``base`` on ``name``, the detectably better and worse
+    losses, and the better one with the largest gain (None if none is better)."""
+    differences = {c.loss: paired_difference(c, base, name) for c in rows if c is not base}
+    better = [loss for loss, d in differences.items() if d.verdict == "better"]
+    worse = [loss for loss, d in differences.items() if d.verdict == "worse"]
+    sign = 1.0 if higher_is_better(name) else -1.0
+    pick = max(better, key=lambda loss: sign * differences[loss].mean) if better else None
+    return differences, better, worse, pick
+
+
+def headline(cells: Sequence[Cell]) -> str:
+    """One line per setup: the loss with the largest detectable gain over cross-entropy on the
+    setup's metric and on ECE (the README's summary of the comparison page)."""
+    lines = []
+    for setup in _setups(cells):
+        rows, base = _pairs(cells, setup)
+        if base is None:
+            continue
+        metric = headline_metric(rows)
+        parts = []
+        for name in (metric, "ece"):
+            differences, _, _, pick = _verdicts(rows, base, name)
+            what = "ECE" if name == "ece" else name.replace("_", " ")
+            parts.append(
+                f"{what}: **{pick}** ({differences[pick].text()})"
+                if pick
+                else f"{what}: no loss detectably better than {BASELINE}"
+            )
+        lines.append(f"- **{setup}**: " + "; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
 def which_loss_when(cells: Sequence[Cell], *, heading: str = "##") -> str:
     """Per setup, the advice the verdicts support: the loss with the largest detectable gain over
     cross-entropy on the setup's metric and on ECE (cross-entropy if none), what is detectably
@@ -197,13 +230,9 @@ def which_loss_when(cells: Sequence[Cell], *, heading: str = "##") -> str:
             lines += [f"- no {BASELINE} cell to compare with.", ""]
             continue
         for name in (metric, "ece"):
-            differences = {c.loss: paired_difference(c, base, name) for c in rows if c is not base}
-            better = [loss for loss, d in differences.items() if d.verdict == "better"]
-            worse = [loss for loss, d in differences.items() if d.verdict == "worse"]
-            sign = 1.0 if higher_is_better(name) else -1.0
+            differences, better, worse, pick = _verdicts(rows, base, name)
             what = "calibration (ECE)" if name == "ece" else name.replace("_", " ")
             if better:
-                pick = max(better, key=lambda loss: sign * differences[loss].mean)
                 others = [loss for loss in better if loss != pick]
                 also = f"; also better: {', '.join(others)}" if others else ""
                 lines.append(
@@ -365,12 +394,16 @@ def floor_section(cells: Sequence[Cell], setup: str, floor: float) -> str:
 
 README_START = "<!-- comparison table: written by experiments/compare.py --readme -->"
 README_END = "<!-- end of comparison table -->"
+HEADLINE_START = "<!-- comparison headline: written by experiments/compare.py --readme -->"
+HEADLINE_END = "<!-- end of comparison headline -->"
+# The page holding the full table, relative to the README.
+COMPARISON_PAGE = ("docs", "guide", "comparison.md")
 
 
 def summary_table(cells: Sequence[Cell]) -> str:
     """One row per loss: each setup's ranking metric and ECE (mean ± std over seeds), the best of
     each column in bold, and the cell's verdict against cross-entropy (▲ better, ▼ worse): the
-    README's table."""
+    comparison page's table."""
     setups = _setups(cells)
     losses = _losses(cells)
     columns = [
@@ -404,23 +437,28 @@ def summary_table(cells: Sequence[Cell]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(cells: Sequence[Cell], path: str, *, commit: str, minutes: float) -> None:
-    """Replaces the README's comparison table and "which loss when" (between its markers) with
-    this run's, naming the commit and the run's time: the README's claims about the comparison
-    are generated, not written by hand."""
+def _replace_between(path: str, start_marker: str, end_marker: str, text: str) -> None:
     with open(path) as f:
-        text = f.read()
-    start, end = text.index(README_START), text.index(README_END)
-    table = (
+        old = f.read()
+    start, end = old.index(start_marker), old.index(end_marker)
+    with open(path, "w") as f:
+        f.write(old[: start + len(start_marker)] + "\n" + text + "\n" + old[end:])
+
+
+def update_readme(cells: Sequence[Cell], path: str, *, commit: str, minutes: float) -> None:
+    """Writes this run's results into the README at ``path`` (its headline, between its markers)
+    and into the comparison page beside it (``docs/guide/comparison.md``: the table and "which
+    loss when"), naming the commit and the run's time: the claims about the comparison are
+    generated, not written by hand."""
+    note = (
         f"_Written by `compare.py --readme` from commit {commit} in {minutes:.1f} min; "
         f"▲/▼: detectably better/worse than {BASELINE} (paired {CONFIDENCE:.0%} t-interval over "
-        "the report seeds)._\n\n"
-        + summary_table(cells)
-        + "\n\n"
-        + which_loss_when(cells, heading="###")
+        "the report seeds)._"
     )
-    with open(path, "w") as f:
-        f.write(text[: start + len(README_START)] + "\n" + table + "\n" + text[end:])
+    _replace_between(path, HEADLINE_START, HEADLINE_END, note + "\n\n" + headline(cells))
+    page = os.path.join(os.path.dirname(os.path.abspath(path)), *COMPARISON_PAGE)
+    table = note + "\n\n" + summary_table(cells) + "\n\n" + which_loss_when(cells, heading="##")
+    _replace_between(page, README_START, README_END, table)
 
 
 def write_csv(cells: Sequence[Cell], path: str) -> None:

@@ -170,11 +170,11 @@ def test_bad_class_counts_are_refused_by_name(spec):
             call(logits, labels, class_counts=counts)
 
 
-def test_readme_lists_exactly_the_reverse_mode_only_losses():
+def test_conventions_page_lists_exactly_the_reverse_mode_only_losses():
     import os
     import re
 
-    with open(os.path.join(testing.REPO_ROOT, "README.md")) as file:
+    with open(os.path.join(testing.REPO_ROOT, "docs", "guide", "conventions.md")) as file:
         readme = file.read()
     sentence = re.search(r"reverse-mode only: (.*?)\. Second order", readme, re.S).group(1)
     listed = set(re.findall(r"`(\w+)`", sentence))

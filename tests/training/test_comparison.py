@@ -437,16 +437,26 @@ def test_compare_stops_with_one_fatal_line_for_a_negative_trial_count(tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
-def test_readme_table_is_replaced_between_its_markers_and_names_the_commit(tmp_path):
-    path = tmp_path / "README.md"
-    path.write_text(f"intro\n{report.README_START}\nold table\n{report.README_END}\noutro\n")
-    report.update_readme(CELLS, str(path), commit="abc123", minutes=4.2)
-    text = path.read_text()
-    assert "old table" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+def test_readme_headline_and_comparison_page_are_replaced_between_their_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.HEADLINE_START}\nold\n{report.HEADLINE_END}\noutro\n")
+    page = tmp_path.joinpath(*report.COMPARISON_PAGE)
+    page.parent.mkdir(parents=True)
+    page.write_text(f"# page\n{report.README_START}\nold table\n{report.README_END}\nend\n")
+    report.update_readme(CELLS, str(readme), commit="abc123", minutes=4.2)
+
+    text = readme.read_text()
+    assert "\nold\n" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+    summary = text[text.index(report.HEADLINE_START) : text.index(report.HEADLINE_END)]
+    assert "from commit abc123 in 4.2 min" in summary
+    # focal is detectably better than cross-entropy on accuracy: the headline names it.
+    assert "- **digits**: accuracy: **focal** (" in summary
+
+    text = page.read_text()
+    assert "old table" not in text and text.startswith("# page\n") and text.endswith("end\n")
     table = text[text.index(report.README_START) : text.index(report.README_END)]
     assert "from commit abc123 in 4.2 min" in table
     assert "| loss | digits accuracy | digits ece |" in table
-    # focal is best and detectably better than cross-entropy on accuracy.
     assert "| focal | **0.9750 ± 0.0050** ▲ |" in table
-    # The advice is generated with the table, so the README's claims are the verdicts'.
-    assert "### Which loss when" in table and "for accuracy: **focal**" in table
+    # The advice is generated with the table, so the page's claims are the verdicts'.
+    assert "## Which loss when" in table and "for accuracy: **focal**" in table
