@@ -13,7 +13,7 @@ from jaxloss._classes import WHOLE, ClassAxis
 from jaxloss.losses import _docstrings
 from jaxloss.losses._softmax import cross_entropy
 from jaxloss.losses._spec import LossSpec, Range
-from jaxloss.ops._noised_topk import noised_topk
+from jaxloss.ops import _noised_topk
 
 __all__ = [
     "balanced_noised_topk_loss",
@@ -32,23 +32,21 @@ def _hinge_parts(prepared, k, epsilon, sample_size, key, noise, axis):
     precision (so the limit at a ``+inf`` logit is exact).
     """
     _validation.check_integer("k", k, lower=1, upper=prepared.num_classes - 1)
-    # Finite here, as every scale of the losses (the op itself takes epsilon = inf).
-    _validation.check_in_range("epsilon", epsilon, lower=0, finite=True)
-    true = prepared.classes.label_value(prepared.logits, prepared.labels)
-    center = jax.lax.stop_gradient(jnp.where(jnp.isfinite(true), true, 0.0))
-    # The op takes the logits in their own layout so that injected noise keeps the caller's axes.
-    logits = jnp.moveaxis(prepared.logits - center[..., None], -1, axis)
-    where = None if prepared.where is None else jnp.moveaxis(prepared.where, -1, axis)
-    threshold = noised_topk(
-        logits,
-        k=k + 1,
+    classes = prepared.classes
+    # The op's checks of its other arguments, then its unchecked core: no second prepare.
+    draws = _noised_topk.check_draws(
+        prepared.logits,
+        classes,
         epsilon=epsilon,
         sample_size=sample_size,
         key=key,
         noise=noise,
         axis=axis,
-        where=where,
-        class_axis_name=prepared.classes.name,
+    )
+    true = classes.label_value(prepared.logits, prepared.labels)
+    center = jax.lax.stop_gradient(jnp.where(jnp.isfinite(true), true, 0.0))
+    threshold = _noised_topk.kth_core(
+        prepared.logits - center[..., None], prepared.where, classes, k + 1, epsilon, *draws
     )
     return threshold, true - center
 

@@ -16,7 +16,7 @@ from jax import lax
 from jaxloss import _autodiff, _classes, _selection, _validation
 from jaxloss.ops import _special
 
-__all__ = ["noised_topk"]
+__all__ = ["check_draws", "kth_core", "noised_topk"]
 
 
 def _mix32(x: jax.Array) -> jax.Array:
@@ -405,51 +405,101 @@ def noised_topk(
     prepared = _validation.prepare(
         x, axis=axis, where=where, tuple_axis=False, class_axis_name=class_axis_name
     )
-    values, classes = prepared.logits, prepared.classes
     k = _validation.check_integer("k", k, lower=1, upper=prepared.num_classes)
+    draws = check_draws(
+        prepared.logits,
+        prepared.classes,
+        epsilon=epsilon,
+        sample_size=sample_size,
+        key=key,
+        noise=noise,
+        axis=axis,
+    )
+    out = kth_core(prepared.logits, prepared.where, prepared.classes, k, epsilon, *draws)
+    return out.astype(prepared.out_dtype)
+
+
+def check_draws(
+    values: jax.Array,
+    classes: _classes.ClassAxis,
+    *,
+    epsilon: Any,
+    sample_size: Any,
+    key: jax.Array | None,
+    noise: Any,
+    axis: int,
+) -> tuple[int, jax.Array | None, jax.Array | None]:
+    """Checks :func:`noised_topk`'s arguments besides ``x`` and ``k``; returns the draws.
+
+    ``values`` are the prepared entries (classes last) and ``axis`` the class axis of the caller's
+    layout, which injected ``noise`` keeps. The op and the noised top-k losses (after their own
+    ``prepare`` and check of k) call this, then :func:`kth_core`.
+
+    Returns:
+      ``(sample_size, noise_draws, seed)``: the number of draws (1 when ``epsilon == 0``, which
+      draws nothing), the injected noise as ``(..., S, C)`` in ``values``' dtype or None, and the
+      generator's seed drawn from ``key`` or None.
+    """
     sample_size = _validation.check_integer("sample_size", sample_size, lower=1)
     if np.ndim(epsilon) != 0:
         raise ValueError(f"epsilon must be a scalar, got shape {np.shape(epsilon)}.")
-    _validation.check_in_range("epsilon", epsilon, lower=0)
+    _validation.check_in_range("epsilon", epsilon, lower=0, finite=True)
     if key is not None and noise is not None:
         raise ValueError("Pass either key or noise, not both.")
-    exact = not isinstance(epsilon, jax.core.Tracer) and float(epsilon) == 0.0
+    if not isinstance(epsilon, jax.core.Tracer) and float(epsilon) == 0.0:
+        return 1, None, None
+    if noise is not None:
+        ndim = values.ndim
+        # The caller's layout: the classes at `axis`.
+        x_shape = list(values.shape[:-1])
+        x_shape.insert(axis % ndim, values.shape[-1])
+        expected = (*x_shape, sample_size)
+        if tuple(np.shape(noise)) != expected:
+            raise ValueError(
+                f"noise must have shape x.shape + (sample_size,) = {expected}, got "
+                f"{tuple(np.shape(noise))}."
+            )
+        # (..., C at `axis`, ..., S) -> (..., S, C): the layout the selection runs on.
+        noise_draws = jnp.moveaxis(jnp.asarray(noise), (axis % ndim, ndim), (ndim, ndim - 1))
+        return sample_size, noise_draws.astype(values.dtype), None
+    if key is not None:
+        size = values.size // values.shape[-1] * sample_size * classes.global_size(values.shape[-1])
+        if size >= 2**32:
+            raise ValueError(
+                f"noised_topk draws {size} noise values (x.size * sample_size); at most "
+                "2**32 - 1 are supported per call. Split the batch."
+            )
+        return sample_size, None, jax.random.bits(key, (2,), jnp.uint32)
+    raise ValueError("noised_topk with epsilon > 0 needs a PRNG key or injected noise.")
 
-    noise_draws = seed = None
-    if not exact:
-        if noise is not None:
-            expected = tuple(np.shape(x)) + (sample_size,)
-            if tuple(np.shape(noise)) != expected:
-                raise ValueError(
-                    f"noise must have shape x.shape + (sample_size,) = {expected}, got "
-                    f"{tuple(np.shape(noise))}."
-                )
-            ndim = values.ndim
-            # (..., C at `axis`, ..., S) -> (..., S, C): the layout the selection runs on.
-            noise_draws = jnp.moveaxis(jnp.asarray(noise), (axis % ndim, ndim), (ndim, ndim - 1))
-            noise_draws = noise_draws.astype(values.dtype)
-        elif key is not None:
-            size = values.size // values.shape[-1] * sample_size * prepared.num_classes
-            if size >= 2**32:
-                raise ValueError(
-                    f"noised_topk draws {size} noise values (x.size * sample_size); at most "
-                    "2**32 - 1 are supported per call. Split the batch."
-                )
-            seed = jax.random.bits(key, (2,), jnp.uint32)
-        else:
-            raise ValueError("noised_topk with epsilon > 0 needs a PRNG key or injected noise.")
+
+def kth_core(
+    values: jax.Array,
+    where: jax.Array | None,
+    classes: _classes.ClassAxis,
+    k: int,
+    epsilon: Any,
+    sample_size: int,
+    noise_draws: jax.Array | None,
+    seed: jax.Array | None,
+) -> jax.Array:
+    """:func:`noised_topk` without its checks, for callers that prepared their inputs.
+
+    ``values`` and ``where`` as ``prepare`` leaves them (classes last, compute dtype), ``k``
+    checked by the caller, the rest from :func:`check_draws`. The result is in ``values``' dtype.
+    """
     nan = jnp.isnan(values)
-    if prepared.where is not None:
-        nan &= prepared.where
+    if where is not None:
+        nan &= where
     out, noise_at_kth = _kth_mean(
         k,
         classes,
-        1 if exact else sample_size,
+        sample_size,
         values,
         lax.stop_gradient(jnp.asarray(epsilon, values.dtype)),
         noise_draws,
         seed,
-        prepared.where,
+        where,
     )
     if isinstance(epsilon, jax.core.Tracer):
         # + 0 to the value; the gradient to epsilon is the k-th entries' noise.
@@ -457,5 +507,4 @@ def noised_topk(
         out = out + (epsilon - lax.stop_gradient(epsilon)) * lax.stop_gradient(noise_at_kth)
     # lax.top_k ranks NaN above every number: without this a NaN score would pass as a finite
     # threshold, and a training loop's NaN check would never fire. (B, C), not (B, C, S): cheap.
-    out = jnp.where(classes.sum(nan.astype(jnp.int32)) > 0, jnp.nan, out)
-    return out.astype(prepared.out_dtype)
+    return jnp.where(classes.sum(nan.astype(jnp.int32)) > 0, jnp.nan, out)

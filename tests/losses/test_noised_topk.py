@@ -290,6 +290,18 @@ def test_bad_inputs_raise():
         jaxloss.ldam_loss(logits, labels, class_counts=[3, 2, 2, 1], class_axis_name="model")
 
 
+@pytest.mark.parametrize("epsilon", [np.inf, np.nan])
+def test_an_infinite_or_nan_epsilon_is_refused_by_the_op_as_by_the_losses(epsilon):
+    # The op and the losses share one check of epsilon (ops._noised_topk.check_draws): finite.
+    x = np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError, match=r"epsilon must be in \[0, inf\] and finite"):
+        jaxloss.ops.noised_topk(x, k=2, epsilon=epsilon, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"epsilon must be in \[0, inf\] and finite"):
+        jaxloss.balanced_noised_topk_loss(
+            x, np.array([0, 1]), k=1, epsilon=epsilon, key=jax.random.key(0)
+        )
+
+
 @pytest.mark.parametrize("offset", [1e4, -1e4])
 def test_float32_at_large_offsets_matches_float64(offset):
     # Scores 1e4 away from 0 (a float32 ulp there is 1e-3): the margins and the noise must not be
