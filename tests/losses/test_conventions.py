@@ -188,3 +188,17 @@ def test_every_loss_names_an_api_page_that_lists_the_registered_losses(spec):
     page = Path(testing.REPO_ROOT) / "docs" / "api" / f"{spec.page}.rst"
     assert spec.page is not None and page.is_file(), f"{spec.name}: page={spec.page!r}"
     assert ".. registered-losses::" in page.read_text(), f"{page} does not list its losses"
+
+
+def test_inputs_are_prepared_once(spec, monkeypatch):
+    # A loss built on an op (log ESF, the orthant probability, noised top-k) calls the op's
+    # unchecked core after its own prepare: the op does not validate and move the logits again.
+    from jaxloss import _validation
+
+    calls = []
+    prepare = _validation.prepare
+    monkeypatch.setattr(
+        _validation, "prepare", lambda *args, **kwargs: calls.append(1) or prepare(*args, **kwargs)
+    )
+    testing.spec_call(spec, num_classes=CLASSES)(*_inputs(10))
+    assert len(calls) == 1
