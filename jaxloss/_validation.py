@@ -7,7 +7,10 @@ logits) cannot be checked here; ``jaxloss.checked`` does that with ``jax.experim
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -26,6 +29,7 @@ __all__ = [
     "check_predictions",
     "compute_dtype",
     "prepare",
+    "traced_values_checked",
 ]
 
 
@@ -37,6 +41,26 @@ def compute_dtype(dtype: Any) -> jnp.dtype:
 
 def _is_concrete(value: Any) -> bool:
     return not isinstance(value, jax.core.Tracer)
+
+
+# False while tracing code whose traced hyperparameters were checked before (see
+# traced_values_checked).
+_TRACED_CHECKS = contextvars.ContextVar("jaxloss_traced_checks", default=True)
+
+
+@contextlib.contextmanager
+def traced_values_checked() -> Iterator[None]:
+    """Traces without the ``checkify.debug_check`` of traced hyperparameters.
+
+    For callers that checked every value before tracing (the training harness checks each
+    population member on the host). Each debug check carries checkify's process-wide error id, so
+    two traces of the same step would otherwise differ and never share a compiled program.
+    """
+    token = _TRACED_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _TRACED_CHECKS.reset(token)
 
 
 def check_in_range(
@@ -65,6 +89,8 @@ def check_in_range(
     if finite:
         interval = f"{interval} and finite"
     if not _is_concrete(value):
+        if not _TRACED_CHECKS.get():
+            return
         traced = jnp.asarray(value)
         ok = jnp.isfinite(traced) if finite else ~jnp.isnan(traced)
         if lower is not None:

@@ -121,3 +121,37 @@ def test_per_example_where_masks_every_class_of_the_example():
         jnp.zeros((2, 3)), jnp.array([0, 1]), where=jnp.array([True, False])
     )
     np.testing.assert_array_equal(prepared.where, [[True] * 3, [False] * 3])
+
+
+def test_traced_values_checked_traces_without_the_runtime_checks():
+    def make_step():  # a fresh function each time, as each training run builds its step
+        def step(values):  # a population's values, vmapped as in the training step
+            def one(value):
+                _validation.check_in_range("tau", value, lower=0.0, lower_open=True)
+                return 2.0 * value
+
+            return jax.vmap(one)(values)
+
+        return step
+
+    def make_vouched():
+        step = make_step()
+
+        def vouched(values):
+            with _validation.traced_values_checked():
+                return step(values)
+
+        return vouched
+
+    values = jnp.array([1.0, -1.0])
+    # Under vmap each trace of the check holds a new process-wide error id, so two traces of the
+    # same step lower to different programs (and never share a compiled one)...
+    assert len({jax.jit(make_step()).lower(values).as_text() for _ in range(2)}) == 2
+    # ...unless the caller vouches for the values: then there is no check and one program.
+    assert len({jax.jit(make_vouched()).lower(values).as_text() for _ in range(2)}) == 1
+    error, out = checkify.checkify(jax.jit(make_vouched()))(values)
+    assert error.get() is None
+    np.testing.assert_array_equal(out, [2.0, -2.0])
+    # Outside the context the check is back.
+    error, _ = checkify.checkify(jax.jit(make_step()))(values)
+    assert "tau must be in (0.0, inf]" in error.get()

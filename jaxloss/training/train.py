@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxloss import data
+from jaxloss._validation import traced_values_checked
 from jaxloss.losses import LossSpec, get_loss, loss_spec
 from jaxloss.training.evaluation import metric_statistics
 from jaxloss.training.models import build_model
@@ -219,7 +220,10 @@ def _compile(mesh: Mesh, init_one, train_one, evaluate_one, predict_one) -> Step
         def step(state, batch):
             return jax.vmap(train_one)(state, batch, keys, member)
 
-        return jax.lax.scan(step, state, batches)
+        # The members' values were checked on the host before anything was compiled (checks.py),
+        # so the step carries no runtime checks: equal steps then compile to equal programs.
+        with traced_values_checked():
+            return jax.lax.scan(step, state, batches)
 
     replicated = NamedSharding(mesh, P())
     # The state's placement, from the heads' class-axis annotations (replicated otherwise); the
