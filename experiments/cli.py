@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import glob
 import inspect
 import logging as python_logging
 import os
@@ -19,6 +18,7 @@ from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 import jaxloss
 from jaxloss.training import CheckpointError, ConfigError, checks, distributed
+from jaxloss.training import configs as training_configs
 from jaxloss.training.lock import WorkdirInUseError
 
 CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -58,7 +58,8 @@ _STALL_TIMEOUT = flags.DEFINE_integer(
 
 
 def available_configs() -> list[str]:
-    return sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIGS, "*.py")))
+    """The configs beside this script (also without an editable install of jaxloss)."""
+    return training_configs.available_configs(CONFIGS)
 
 
 def help_epilogue() -> str:

@@ -48,6 +48,9 @@ def check(config: ml_collections.ConfigDict) -> None:
         losses=list(config.losses),
         tuning=config.tuning,
         num_seeds=config.num_seeds,
+        top_k=config.top_k,
+        floor_setup=config.floor_setup,
+        floor=config.floor,
     )
 
 

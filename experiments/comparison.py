@@ -284,6 +284,9 @@ def check_protocol(
     losses: Sequence[str],
     tuning: Any,
     num_seeds: int,
+    top_k: int = 1,
+    floor_setup: str | None = None,
+    floor: float = 0.0,
 ) -> None:
     """Raises a ConfigError naming the field of the comparison config that cannot run."""
     for field, names, known in (
@@ -300,9 +303,18 @@ def check_protocol(
         ("tuning.trials", tuning.trials, 0),
         ("tuning.seeds", tuning.seeds, 2),
         ("num_seeds", num_seeds, 1),
+        ("top_k", top_k, 1),
     ):
         if not isinstance(value, int) or value < low:
             raise ConfigError(f"config.{field} must be an integer >= {low}, got {value!r}.")
+    # A known setup that this run leaves out only skips the floor section of the report.
+    if floor_setup is not None and floor_setup not in available:
+        raise ConfigError(
+            f"config.floor_setup: unknown setup {floor_setup!r}"
+            f"{did_you_mean(floor_setup, available)}; choose from {', '.join(available)} or None."
+        )
+    if isinstance(floor, bool) or not isinstance(floor, int | float) or not 0.0 <= floor <= 1.0:
+        raise ConfigError(f"config.floor must be an accuracy in [0, 1], got {floor!r}.")
     if tuning.seed < num_seeds and tuning.seed + tuning.seeds > 0:
         raise ConfigError(
             f"config.tuning.seed ({tuning.seed}) must leave the tuning seeds "

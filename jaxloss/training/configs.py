@@ -25,15 +25,16 @@ __all__ = ["CONFIGS_DIR", "available_configs", "load_config"]
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "experiments" / "configs"
 
 
-def available_configs() -> list[str]:
-    """The names :func:`load_config` takes: the files of ``CONFIGS_DIR`` (``experiments/configs``) without ``.py``
-    (none when jaxloss is not installed from a source checkout).
+def available_configs(directory: str | os.PathLike = CONFIGS_DIR) -> list[str]:
+    """The names :func:`load_config` takes: the files of ``directory`` (default ``CONFIGS_DIR``,
+    ``experiments/configs``) without ``.py`` (none when jaxloss is not installed from a source
+    checkout; the scripts in ``experiments/`` pass the directory beside them).
 
     Example:
       >>> {"digits", "cifar10", "mnist"} <= set(available_configs())
       True
     """
-    return sorted(path.stem for path in CONFIGS_DIR.glob("*.py") if path.stem != "__init__")
+    return sorted(path.stem for path in Path(directory).glob("*.py") if path.stem != "__init__")
 
 
 def load_config(config: str | os.PathLike) -> ml_collections.ConfigDict:

@@ -423,6 +423,16 @@ def test_bad_trials_and_overlapping_seeds_are_refused(tmp_path):
     config.tuning.seed = 1
     with pytest.raises(jaxloss.training.ConfigError, match="disjoint from the report seeds"):
         compare.run(config, str(tmp_path))
+    for field, value, message in (
+        ("floor_setup", "digit", r"config.floor_setup: unknown setup 'digit'"),
+        ("floor", 90.0, r"config.floor must be an accuracy in \[0, 1\], got 90.0"),
+        ("top_k", 0, r"config.top_k must be an integer >= 1, got 0"),
+    ):
+        config = _small_compare_config()
+        config[field] = value
+        with pytest.raises(jaxloss.training.ConfigError, match=message):
+            compare.run(config, str(tmp_path))
+    assert not os.listdir(tmp_path)  # refused before anything was written
 
 
 def test_compare_stops_with_one_fatal_line_for_a_negative_trial_count(tmp_path):
