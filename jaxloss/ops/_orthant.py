@@ -21,9 +21,9 @@ _SQRT2 = math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 # Draws are clipped to [-5, 5] as in the reference: erfinv(+-1) is infinite.
 _DRAW_CLIP = 5.0
-# Channels j > i still equal the base channel at step i, so the steps are cut into blocks and
-# block c only carries the channels born before its end: about (1 + 1/_BLOCKS)/2 of the full work.
-# Blocks are at least _MIN_BLOCK steps long, to keep short rows to one compiled loop.
+# Gradient channel j runs only the steps after j, so the steps are cut into blocks and block c only
+# carries the channels born before its end: about (1 + 1/_BLOCKS)/2 of the full work. Blocks are at
+# least _MIN_BLOCK steps long, to keep short rows to one compiled loop.
 _BLOCKS = 16
 _MIN_BLOCK = 8
 # Gauss-Hermite rule of the quadrature (weight exp(-t^2/2)): the nodes whose weight is below 1e-17
@@ -47,38 +47,48 @@ def _cholesky_constants(dim: int, dtype) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(inverse_diagonal, dtype), jnp.asarray(below, dtype)
 
 
-def _genz_block(state, mu, uniforms, inverse_diagonal, below, start: int):
-    """Runs steps ``start .. start + len(mu) - 1`` of the estimator on every carried channel.
+def _genz_step(partial_sum, product, mu_i, u_i, inverse_l_i, alpha_i):
+    """One step of the estimator: its limit, then the partial sum and the product after it."""
+    # A product, not a quotient: XLA:CPU fuses a multiply into each consumer instead of writing
+    # the limits out and reading them back.
+    limit = (-mu_i - partial_sum) * inverse_l_i
+    # float32 erf can land one rounding step outside [-1, 1], where erfinv is NaN.
+    e = jnp.clip(lax.erf(limit / _SQRT2), -1.0, 1.0)
+    draw = jnp.clip(_SQRT2 * _special.erf_inv(e + u_i * (1.0 - e)), -_DRAW_CLIP, _DRAW_CLIP)
+    return limit, partial_sum + alpha_i * draw, product * (0.5 * (1.0 - e))
 
-    ``state`` holds the partial sums S and the running products of shape (channels + 1, N, B): the
-    gradient channels 0..channels-1 and the base channel last. Channel j differs from the base only
-    from step j on: there its factor is the density of the limit and its draw is pinned to it.
-    """
-    # The step at which each channel is born; the base channel (last) never is.
-    channel = np.arange(state[0].shape[0], dtype=np.int32)
-    channel[-1] = -1
-    channel = channel[:, None, None]
+
+def _genz_base(inputs, zeros, *, with_gradient: bool):
+    """The estimator's own run over every step: the products (N, B) after the last, and, with
+    the gradient, each gradient channel's state just after the step at which it is born (k, N,
+    B) twice: its draw there pinned to the limit, its factor the density of the limit."""
 
     def step(carry, inputs):
         partial_sum, product = carry
-        i, mu_i, u_i, inverse_l_i, alpha_i = inputs
-        # A product, not a quotient: XLA:CPU fuses a multiply into each consumer instead of
-        # writing the limits out and reading them back.
-        limit = (-mu_i - partial_sum) * inverse_l_i
-        # float32 erf can land one rounding step outside [-1, 1], where erfinv is NaN.
-        e = jnp.clip(lax.erf(limit / _SQRT2), -1.0, 1.0)
-        # The channel born at this step still equals the base channel (the last one).
-        born = channel == i
-        born_limit = limit[-1]
-        density = jnp.exp(-0.5 * born_limit * born_limit) * (_INV_SQRT_2PI * inverse_l_i)
-        factor = jnp.where(born, density, 0.5 * (1.0 - e))
-        draw = jnp.where(born, born_limit, _SQRT2 * _special.erf_inv(e + u_i * (1.0 - e)))
-        draw = jnp.clip(draw, -_DRAW_CLIP, _DRAW_CLIP)
-        return (partial_sum + alpha_i * draw, product * factor), None
+        mu_i, u_i, inverse_l_i, alpha_i = inputs
+        limit, *after = _genz_step(partial_sum, product, mu_i, u_i, inverse_l_i, alpha_i)
+        if not with_gradient:
+            return tuple(after), None
+        density = jnp.exp(-0.5 * limit * limit) * (_INV_SQRT_2PI * inverse_l_i)
+        pinned = jnp.clip(limit, -_DRAW_CLIP, _DRAW_CLIP)
+        return tuple(after), (partial_sum + alpha_i * pinned, product * density)
 
-    steps = jnp.arange(start, start + mu.shape[0], dtype=jnp.int32)
-    state, _ = lax.scan(step, state, (steps, mu, uniforms, inverse_diagonal, below))
-    return state
+    (_, product), born = lax.scan(step, (zeros, zeros + 1.0), inputs)
+    return product, born
+
+
+def _genz_channels(state, inputs, start: int):
+    """Steps ``start ..`` of the gradient channels ``state`` (2 x (channels, N, B)); channel j
+    runs from step j + 1 on and keeps its state before."""
+    channel = jnp.arange(state[0].shape[0], dtype=jnp.int32)[:, None, None]
+
+    def step(carry, inputs):
+        i, *step_inputs = inputs
+        _, *after = _genz_step(*carry, *step_inputs)
+        return tuple(jnp.where(channel < i, a, c) for a, c in zip(after, carry, strict=True)), None
+
+    steps = jnp.arange(start, start + inputs[0].shape[0], dtype=jnp.int32)
+    return lax.scan(step, state, (steps, *inputs))[0]
 
 
 def _genz_estimate(
@@ -86,40 +96,34 @@ def _genz_estimate(
 ) -> tuple[jax.Array, jax.Array | None]:
     """P and its gradient estimate for ascending ``mu`` (B, k) driven by ``uniforms`` (k, N, B).
 
-    Without ``with_gradient`` only the base channel runs (k times less work) and the gradient is
-    None.
+    Without ``with_gradient`` only the estimator's own run is made (k times less work) and the
+    gradient is None.
     """
     batch, dim = mu.shape
     if dim == 1:
         # One constraint: P = Phi(mu / sqrt(2)) exactly.
         x = mu / _SQRT2
         return special.ndtr(x[:, 0]), jnp.exp(-0.5 * x * x) * (_INV_SQRT_2PI / _SQRT2)
-    samples = uniforms.shape[1]
-    inverse_diagonal, below = _cholesky_constants(dim, mu.dtype)
-    mu_steps = mu.T
+    inputs = (mu.T, uniforms, *_cholesky_constants(dim, mu.dtype))
     # Built from the inputs so that under shard_map the scan's initial carry varies over the mesh
     # axes its body's outputs vary over (those of mu and of the uniforms); XLA folds it to zeros.
-    zeros = (jnp.zeros_like(uniforms[0]) + jnp.zeros_like(mu_steps[0]))[None]
-    base = zeros, zeros + 1.0
-    done = base[0][:0], base[1][:0]
-    # Without the gradient, the base channel alone runs in one block.
-    size = max(-(-dim // _BLOCKS), _MIN_BLOCK) if with_gradient else dim
-    for start in range(0, dim, size):
+    zeros = jnp.zeros_like(uniforms[0]) + jnp.zeros_like(inputs[0][0])
+    product, born = _genz_base(inputs, zeros, with_gradient=with_gradient)
+    probability = jnp.mean(product, axis=0)
+    if not with_gradient:
+        return probability, None
+    # The channel born at step j runs steps j + 1 .. k - 1 (the last one none): block by block,
+    # each block carrying only the channels born before its last step.
+    size = max(-(-(dim - 1) // _BLOCKS), _MIN_BLOCK)
+    state = tuple(b[:0] for b in born)
+    for start in range(1, dim, size):
         stop = min(start + size, dim)
-        new = stop - start if with_gradient else 0
         state = tuple(
-            jnp.concatenate([d, jnp.broadcast_to(b, (new + 1, samples, batch))])
-            for d, b in zip(done, base, strict=True)
+            jnp.concatenate([s, b[start - 1 : stop - 1]]) for s, b in zip(state, born, strict=True)
         )
-        sl = slice(start, stop)
-        state = _genz_block(
-            state, mu_steps[sl], uniforms[sl], inverse_diagonal[sl], below[sl], start
-        )
-        done = tuple(s[:-1] for s in state)
-        base = tuple(s[-1:] for s in state)
-    probability = jnp.mean(base[1][0], axis=0)
-    gradient = jnp.mean(done[1], axis=1).T if with_gradient else None
-    return probability, gradient
+        state = _genz_channels(state, tuple(x[start:stop] for x in inputs), start)
+    products = jnp.concatenate([state[1], born[1][dim - 1 :]])
+    return probability, jnp.mean(products, axis=1).T
 
 
 @jax.custom_vjp
