@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from jaxloss.training import defaults
+
 __all__ = ["BACKBONES", "CLASS_AXIS", "HEADS", "Classifier", "build_model"]
 
 BACKBONES = ("mlp", "cnn", "resnet", "wide_resnet", "linear")
@@ -245,7 +247,8 @@ def build_model(
     Args:
       config: the ``model`` part of an experiment config: ``name`` (one of :data:`BACKBONES`),
         ``head`` (one of :data:`HEADS`) and the fields they use: ``hidden_sizes`` (mlp),
-        ``depth`` (resnet, wide_resnet), ``width`` (wide_resnet), ``zero_logit`` (linear head).
+        ``depth`` (resnet, wide_resnet), ``width`` (wide_resnet), ``zero_logit`` (linear head);
+        a field not given takes its default (:mod:`jaxloss.training.defaults`).
       num_classes: number of logits C.
       input_shape: shape of one example, e.g. (8, 8, 1) or (13,).
       rngs: initialization randomness.
@@ -267,11 +270,15 @@ def build_model(
       >>> model(jnp.zeros((2, 8, 8, 1)), train=False).shape
       (2, 10)
     """
+    # The fields not given keep their defaults, from the one place defaults live.
+    given, config = config, defaults.get_config().model
+    config.update(given)
     backbone = _backbone(config, tuple(input_shape), rngs)
-    head = config.get("head", "linear")
-    zero_logit = bool(config.get("zero_logit", False))
+    head = config.head
     if head == "linear":
-        head_module = LinearHead(backbone.features, num_classes, zero_logit=zero_logit, rngs=rngs)
+        head_module = LinearHead(
+            backbone.features, num_classes, zero_logit=bool(config.zero_logit), rngs=rngs
+        )
     elif head == "cosine":
         head_module = CosineHead(backbone.features, num_classes, scale=cosine_scale, rngs=rngs)
     else:

@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxloss.training import build_model
+from jaxloss.training import build_model, defaults, models
 
 NUM_CLASSES = 5
 
@@ -79,6 +79,18 @@ def test_zero_logit_head_pins_class_zero():
 def _num_params(config, num_classes, input_shape):
     model = nnx.eval_shape(lambda: build_model(config, num_classes, input_shape, nnx.Rngs(0)))
     return sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def test_fields_not_given_take_the_defaults():
+    # Only the name: the head, its zero logit and the MLP's sizes come from training.defaults.
+    model_defaults = defaults.get_config().model
+    model = build_model(ml_collections.ConfigDict({"name": "mlp"}), 3, (4,), nnx.Rngs(0))
+    assert (model_defaults.head, model_defaults.zero_logit) == ("linear", False)
+    assert isinstance(model.head, models.LinearHead)
+    assert model.head.linear.kernel[...].shape == (model_defaults.hidden_sizes[-1], 3)
+    sizes = [layer.kernel[...].shape[1] for layer in model.backbone.layers]
+    assert tuple(sizes) == tuple(model_defaults.hidden_sizes)
+    assert model(jnp.ones((2, 4)), train=False).shape == (2, 3)
 
 
 def test_mlp_size_matches_simple_dense():
