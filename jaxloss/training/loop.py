@@ -31,7 +31,7 @@ from jaxloss.training.population import Population, make_population
 from jaxloss.training.selection import empty_best, summarize, update_best
 from jaxloss.training.train import StepFunctions, make_steps
 
-__all__ = ["ConfigError", "load_datasets", "train_and_evaluate"]
+__all__ = ["load_datasets", "train_and_evaluate"]
 
 
 def load_datasets(
