@@ -271,7 +271,10 @@ def smooth_topk_svm_loss(
         tau = jnp.where(hard, 1.0, tau)
         x = scores / (k * tau[..., None])
         lowest = (lowest / (k * tau))[..., None]
-        floor = jnp.where(lowest == jnp.inf, 0.0, lowest) - _FAR_BELOW
+        lowest = jnp.where(lowest == jnp.inf, 0.0, lowest)
+        # Strictly below every competitor, even where _FAR_BELOW is below an ulp of x: the
+        # selected entries above the floor are then the competitors' (x rounds monotonically).
+        floor = jnp.minimum(lowest - _FAR_BELOW, jnp.nextafter(lowest, -jnp.inf))
         # The op's unchecked core: the logits were prepared (and k checked) above.
         log_sigma, top_x, top_index = _esf.top_k_core(
             jnp.where(rows.competes, x, floor), k, classes
@@ -280,19 +283,19 @@ def smooth_topk_svm_loss(
             alpha / tau + log_sigma[..., k] - log_sigma[..., k - 1] - label_score / (k * tau)
         )
         smooth = tau * jax.nn.softplus(log_ratio)
-    count = classes.sum(rows.competes)
-    few = count < k
-    if hard_threshold is None and k == 1:
-        return _finish(rows, smooth, few)
-    # The others' top k+1 in the units of x = scores / (k tau).
     if k == 1:
+        few = classes.sum(rows.competes) < k
+        if hard_threshold is None:
+            return _finish(rows, smooth, few)
+        # The others' top k+1 in the units of x = scores / (k tau).
         kth, top = _kth_other(rows, scores)
         top = top / tau
     else:
-        # log_esf's own selection: the competitors rank above the floor, so the first `count`
-        # entries are theirs and the others are missing (-inf).
+        # log_esf's own selection: the competitors rank above the floor, the others are missing
+        # (-inf). Counted there, not by a pass over the classes.
+        top = jnp.where(top_x > floor, top_x, -jnp.inf)
+        few = top[..., k - 1] == -jnp.inf
         kth = _score_at(scores, top_index[..., k - 1], classes)
-        top = jnp.where(jnp.arange(k + 1) < count[..., None], top_x, -jnp.inf)
     if hard_threshold is not None:
         # k-th and (k+1)-th of the full row: the label score inserted into the others' sorted
         # top k+1.

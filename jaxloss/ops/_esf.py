@@ -185,7 +185,8 @@ def _ratios(t, xw, e):
 
 def _poly_mul(p, q, degree):
     """Product of two polynomials with constant term 1, given by coefficients 1..d stacked on the
-    leading axis, truncated to ``degree``."""
+    leading axis, truncated to ``degree``; over an odd number (> 1) of products, one more
+    product, the polynomial 1, so that the next level pairs them all."""
     out = []
     for m in range(1, degree + 1):
         c = (p[m - 1] if m <= len(p) else 0) + (q[m - 1] if m <= len(q) else 0)
@@ -193,9 +194,13 @@ def _poly_mul(p, q, degree):
             if a <= len(p) and m - a <= len(q):
                 c = c + p[a - 1] * q[m - a - 1]
         out.append(c)
+    out = jnp.stack(out)
+    if out.shape[-1] > 1 and out.shape[-1] % 2:
+        # Padded here, in the same pass: a pad of the level written out would copy it again.
+        out = jnp.pad(out, ((0, 0), (0, 0), (0, 1)))
     # The barrier keeps each level of a product tree one materialized array: without it XLA fuses
     # every level into the next ones and recomputes it (8x the flops at n = 1000).
-    return lax.optimization_barrier(jnp.stack(out))
+    return lax.optimization_barrier(out)
 
 
 def _product_tree(level, degree):
@@ -215,7 +220,7 @@ def _product_tree(level, degree):
     """
     levels = []
     while level.shape[-1] > 1:
-        if level.shape[-1] % 2:  # one more node, the polynomial 1
+        if level.shape[-1] % 2:  # one more leaf, the polynomial 1 (_poly_mul pads the nodes)
             level = jnp.pad(level, ((0, 0), (0, 0), (0, 1)))
         pairs = level.reshape(*level.shape[:-1], -1, 2)
         levels.append(pairs)

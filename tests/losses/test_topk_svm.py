@@ -240,6 +240,19 @@ def test_masked_label_and_rows_short_of_competitors():
         assert np.all(np.isfinite(grad))
 
 
+def test_exactly_k_competitors_spread_beyond_the_floors_reach():
+    # Scores 1e4 apart at tau = 1e-6 are 5e9 apart in x = s / (k tau), where the floor's 200 below
+    # the lowest competitor is under an ulp: the k-th competitor must still count as one (the hard
+    # loss, not the 0 of a row short of competitors), with the masked classes below it.
+    logits = np.array([[0.0, -2e4, 5.0, -1e4], [0.0, -2e4, -1e4, 5.0]], np.float32)
+    labels = np.array([1, 1])
+    keep = np.array([[True, True, False, True], [True, True, True, True]])
+    for tau in (1e-6, 1.0):
+        out = jaxloss.smooth_topk_svm_loss(logits, labels, k=2, tau=tau, where=keep)
+        # k = 2 competitors in row 0 ({0, 3}), three in row 1: the 2nd is -1e4 and 0 in turn.
+        np.testing.assert_allclose(out, [1.0 + (-1e4 + 2e4) / 2, 1.0 + (0.0 + 2e4) / 2])
+
+
 def test_nonfinite_logits():
     logits = testing.random_logits(9, (3, 6), scale=2.0, dtype=np.float32)
     labels = np.array([0, 1, 2])
