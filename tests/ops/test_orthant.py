@@ -98,6 +98,18 @@ def test_genz_matches_independent_numpy_scheme(dtype, atol):
     np.testing.assert_allclose(g, want_g, atol=atol, rtol=0)
 
 
+def test_genz_over_several_blocks_of_steps_matches_numpy():
+    # 19 entries: the gradient channels run in three blocks of steps (1-8, 9-16, 17-18), each
+    # taking on the channels born in the one before.
+    mu = testing.random_logits(5, (2, 19), scale=1.5)
+    u = np.random.default_rng(6).uniform(size=(19, 4, 2))
+    want_p, want_g = genz_numpy(mu, u)
+    with jax.enable_x64(True):
+        p, g = _genz_value_and_grad(mu, u)
+    np.testing.assert_allclose(p, want_p.sum(), atol=1e-12, rtol=0)
+    np.testing.assert_allclose(g, want_g, atol=1e-12, rtol=0)
+
+
 def test_genz_truncated_matches_numpy_and_bounds_probability():
     mu = _test_rows(2)
     u = np.random.default_rng(3).uniform(size=(3, 8, 4))
