@@ -22,7 +22,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxloss import _autodiff, _classes, _validation
@@ -338,12 +337,15 @@ def _log_esf_bwd(K, classes, residuals, cotangents):
 
     # Top entry i: sigma_{j-1} without i is the forward recursion on T \ {i} plus the same rest, and
     # its scale P'_{j-1} differs from P_j by exp(t_i) exactly when i <= j, by exp(t_i - t_j) otherwise.
-    keep = np.array([[l + (l >= i) for l in range(K - 1)] for i in range(K)], dtype=np.int32)
-    t_without = t[..., keep] if K > 1 else t[..., :0][..., None, :]
-    _, rho_without, _ = _ratios(t_without, xw[..., None], [c[..., None] for c in e[:K]])
+    # The K lists T \ {i} stacked on a leading axis (slices, not a gather: the rows stay in the
+    # vector lanes of the arithmetic below).
+    t_without = jnp.stack(
+        [jnp.concatenate([t[..., :i], t[..., i + 1 :]], axis=-1) for i in range(K)]
+    )
+    _, rho_without, _ = _ratios(t_without, xw[None], [c[None] for c in e[:K]])
     grad_top = sum(
         (g[j] / rho[j])[..., None]
-        * rho_without[j - 1]
+        * jnp.moveaxis(rho_without[j - 1], 0, -1)
         * jnp.exp(jnp.minimum(t - t[..., j - 1 : j], 0.0))
         for j in range(1, K + 1)
     )
@@ -374,7 +376,7 @@ def _log_esf_bwd(K, classes, residuals, cotangents):
     ]
     levels, device_levels = levels
     root = _tree_vjp(device_levels, jnp.stack(weights)[..., None])
-    root = jnp.take(root, classes.indices(1), axis=-1)
+    root = lax.dynamic_slice_in_dim(root, classes.indices(1)[0], 1, axis=-1)
     return (with_top(y * _tree_vjp(levels, root)[0, :, :n]),)
 
 
