@@ -276,9 +276,7 @@ def smooth_topk_svm_loss(
         # selected entries above the floor are then the competitors' (x rounds monotonically).
         floor = jnp.minimum(lowest - _FAR_BELOW, jnp.nextafter(lowest, -jnp.inf))
         # The op's unchecked core: the logits were prepared (and k checked) above.
-        log_sigma, top_x, top_index = _esf.top_k_core(
-            jnp.where(rows.competes, x, floor), k, classes
-        )
+        log_sigma, top_x, _ = _esf.top_k_core(jnp.where(rows.competes, x, floor), k, classes)
         log_ratio = (
             alpha / tau + log_sigma[..., k] - log_sigma[..., k - 1] - label_score / (k * tau)
         )
@@ -295,7 +293,9 @@ def smooth_topk_svm_loss(
         # (-inf). Counted there, not by a pass over the classes.
         top = jnp.where(top_x > floor, top_x, -jnp.inf)
         few = top[..., k - 1] == -jnp.inf
-        kth = _score_at(scores, top_index[..., k - 1], classes)
+        # The k-th competitor's score from its x (which carries its gradient), not by a pass over
+        # the classes: within an ulp or two of the score.
+        kth = top_x[..., k - 1] * (k * tau)
     if hard_threshold is not None:
         # k-th and (k+1)-th of the full row: the label score inserted into the others' sorted
         # top k+1.

@@ -149,6 +149,13 @@ def test_hard_threshold_switch():
         jnp.asarray(logits), np.array([0, 3]), k=2, tau=1.0, hard_threshold=100.0
     )
     np.testing.assert_allclose(moved[0], jaxloss.topk_svm_loss(logits, np.array([0, 3]), k=2)[0])
+    # The switched row's gradient is the hard loss's: +1/k at the k-th other class, -1/k at the
+    # label (the k-th score comes from the selection's x = s / (k tau), whose gradient it keeps).
+    for tau in (1.0, 0.3):
+        _, grad = value_and_grad(jnp.asarray(logits), labels, k=2, tau=tau, hard_threshold=100.0)
+        hard_grad = jax.grad(lambda x: jaxloss.topk_svm_loss(x, labels, k=2)[0])(logits)
+        np.testing.assert_allclose(grad[0], hard_grad[0], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(grad[0], [0.0, 0.5, -0.5, 0.0, 0.0], rtol=1e-6, atol=1e-7)
 
 
 def test_where_excludes_classes():
