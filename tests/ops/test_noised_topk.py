@@ -313,6 +313,25 @@ def test_selection_by_passes_is_lax_top_k(classes, k, monkeypatch):
     chex.assert_trees_all_equal(passes, run())
 
 
+@pytest.mark.parametrize(("classes", "k"), [(1, 1), (7, 7), (10, 6), (100, 8)])
+def test_passes_over_keys_are_lax_top_k_with_ties_and_extreme_keys(classes, k):
+    # The two passes on integer keys (S, C, rows): the k-th key and the index lax.top_k gives it,
+    # among many ties (a key held k - 1 times above the k-th, or more than k times), and at the
+    # int32 extremes, which the passes' running slots and their mask of other keys must not take
+    # for an entry.
+    keys = np.random.default_rng(30).integers(-2, 2, (3, classes, 6)).astype(np.int32)
+    lowest, highest = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+    keys[1, :, 0] = lowest
+    keys[1, :, 1] = highest
+    keys[1, ::2, 2] = lowest
+    keys[1, 1::3, 3] = highest
+    keys[2, :, 4] = 0
+    key, index = jax.jit(_noised_topk._kth_by_passes, static_argnums=1)(keys, k)
+    values, indices = jax.lax.top_k(np.moveaxis(keys, 1, -1), k)
+    np.testing.assert_array_equal(key, values[..., -1])
+    np.testing.assert_array_equal(index, indices[..., -1])
+
+
 def test_where_excludes_entries():
     x = testing.random_logits(13, (4, 6), dtype=np.float32)
     where = np.array([True, False, True, True, False, True])
