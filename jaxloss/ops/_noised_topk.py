@@ -179,9 +179,12 @@ def _grouping(local_size: int, k: int) -> tuple[int, int] | None:
     return (blocks, per_block) if blocks * per_block >= 4 * k else None
 
 
-# Up to this rank, whole rows select by insertion rather than by lax.top_k, whose XLA:CPU
-# kernel sorts row by row (1.7 ms for the top 6 of 2,560 rows of 100 on 2 cores).
+# Up to this rank and this many classes, whole rows select by passes of insertion rather than
+# by lax.top_k, whose XLA:CPU kernel sorts row by row (1.7 ms for the top 6 of 2,560 rows of 100
+# on 2 cores). The passes are unrolled over the classes: compiling them took 1.5 s and 0.5 GB at
+# 128 classes, 3 s and 0.9 GB at 200, and ran out of memory at 1,000.
 _PASSES = 8
+_PASSES_CLASSES = 128
 
 
 def _insert(slots: list[jax.Array], value: jax.Array, size: int) -> list[jax.Array]:
@@ -234,7 +237,8 @@ def _kth(k: int, draws: _Draws) -> tuple[jax.Array, jax.Array]:
     # The k-th largest is the (n-k+1)-th smallest, the cheaper one to select past the middle.
     smallest = k > num_classes - k + 1
     rank = num_classes - k + 1 if smallest else k
-    if classes.name is None and rank <= _PASSES and (grouping is None or smallest):
+    passes = rank <= _PASSES and local_size <= _PASSES_CLASSES
+    if classes.name is None and passes and (grouping is None or smallest):
 
         def kth_key(scores):
             return _kth_by_passes(_sortable(-scores if smallest else scores), rank)

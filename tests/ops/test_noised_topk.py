@@ -332,6 +332,18 @@ def test_passes_over_keys_are_lax_top_k_with_ties_and_extreme_keys(classes, k):
     np.testing.assert_array_equal(index, indices[..., -1])
 
 
+def test_many_classes_past_the_middle_select_without_passes():
+    # 300 classes, k = 297: the 4th smallest, on more classes than the passes unroll over.
+    assert 300 > _noised_topk._PASSES_CLASSES
+    x = testing.random_logits(31, (3, 300), dtype=np.float32)
+    x[0, ::2] = x[0, 1]
+    noise = np.random.default_rng(32).standard_normal((3, 300, 2)).astype(np.float32)
+    want_value, want_grad = numpy_noised_topk(x, noise, 297, 0.5, -1, np.float32)
+    value, grad = _value_and_grad(x, noise, 297, 0.5, -1)
+    np.testing.assert_allclose(value, want_value.sum(), rtol=1e-6)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-6)
+
+
 def test_where_excludes_entries():
     x = testing.random_logits(13, (4, 6), dtype=np.float32)
     where = np.array([True, False, True, True, False, True])
