@@ -23,10 +23,13 @@ def _columns(array: jax.Array) -> jax.Array:
         lowest = jnp.asarray(-jnp.inf, array.dtype)
     else:
         lowest = jnp.asarray(jnp.iinfo(array.dtype).min, array.dtype)
-    # All columns in one reduction (one kernel, not one per column): entry j of a row is the
-    # maximum of the row with every position but j at the lowest value.
-    diagonal = positions[:, None] == positions
-    return jnp.max(jnp.where(diagonal, array[..., None, :], lowest), axis=-1)
+    return jnp.stack(
+        [
+            jnp.max(jnp.where(positions == j, array, lowest), axis=-1)
+            for j in range(array.shape[-1])
+        ],
+        axis=-1,
+    )
 
 
 def _read_top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
