@@ -117,8 +117,10 @@ class _Draws:
                 x = x + epsilon * noise.astype(x.dtype)
             return then(x if where is None else jnp.where(where, x, -jnp.inf))
 
-        # Any runtime value: XLA folds a conditional on a constant.
-        either = jnp.isnan(x[(0,) * x.ndim])
+        # A constant XLA cannot fold (a conditional on a constant is inlined), and which jax.vmap
+        # leaves unbatched: a batched predicate makes the conditional a select of both branches,
+        # inlined (180 instead of 2.2 ms for a population of 2 at 256 x 100 x 10).
+        either = lax.optimization_barrier(jnp.zeros((), bool))
         return lax.cond(either, branch, branch, x, where, noise, self.epsilon, self.seed)
 
     def blocked(self, blocks: int, width: int) -> jax.Array:

@@ -344,6 +344,20 @@ def test_many_classes_past_the_middle_select_without_passes():
     np.testing.assert_allclose(grad, want_grad, rtol=1e-6)
 
 
+def test_passes_run_in_one_branch_also_under_vmap():
+    # The draws and passes run in a conditional's branch, which keeps XLA:CPU from fusing across
+    # them; under jax.vmap (a population of losses) its predicate must stay unbatched, or the
+    # conditional becomes a select of both branches, computed inline (80 times slower).
+    x = testing.random_logits(33, (2, 4, 10), dtype=np.float32)
+
+    def total(x, epsilon):
+        return jnp.sum(noised_topk(x, k=3, epsilon=epsilon, sample_size=4, key=jax.random.key(4)))
+
+    step = jax.vmap(jax.value_and_grad(total))
+    hlo = jax.jit(step).lower(x, jnp.array([0.5, 1.0])).compile().as_text()
+    assert " conditional(" in hlo
+
+
 def test_where_excludes_entries():
     x = testing.random_logits(13, (4, 6), dtype=np.float32)
     where = np.array([True, False, True, True, False, True])
