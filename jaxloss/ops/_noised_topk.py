@@ -88,8 +88,8 @@ class _Draws:
         out once, and the branch reads them along the grain. Inline, the draws read x across
         it (0.7 instead of 0.4 ms at 256 x 100 x 10), and the slices of the passes over the
         classes took in the scores' cheap last steps, which cut the passes into 58 loops (2.6
-        instead of 1.0 ms for the loss's value and gradient). An optimization barrier does not
-        hold there: XLA:CPU removes it before fusing.
+        instead of 1.0 ms for the loss's value and gradient). An optimization barrier on the
+        keys did not keep them apart: XLA:CPU fused its loops across it all the same.
         """
         num_classes, batch = self.x.shape[-1], self.x.shape[:-1]
         lanes = (1,) * len(batch)
