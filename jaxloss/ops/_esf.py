@@ -286,7 +286,14 @@ def _split(x, values, index, K, classes):
             in_top |= top_index[..., a : a + 1] == positions
         # min(., 0) keeps the discarded top entries from overflowing exp.
         y = jnp.where(in_top, 0.0, jnp.exp(jnp.minimum(x - xw[..., None], 0.0)))
-        rest, levels = _product_tree(y[None], K)
+        # In a conditional's branch (always taken; both are the same), which XLA:CPU fuses
+        # nothing across: its levels are written out once, in the layout both the next level
+        # and the VJP read. Inline (the barriers gone by then), every level wider than 32 was
+        # computed twice, once for each reader. A constant XLA cannot fold, and which jax.vmap
+        # leaves unbatched (a batched predicate would inline a select of both branches).
+        tree = functools.partial(_product_tree, degree=K)
+        either = lax.optimization_barrier(jnp.zeros((), bool))
+        rest, levels = lax.cond(either, tree, tree, y[None])
         rest, device_levels = _product_tree(classes.whole(rest[..., None]), K)
         e = [jnp.ones_like(xw), *rest]
         levels = (levels, device_levels)

@@ -177,6 +177,25 @@ def test_axis_batching_and_dtypes():
     assert log_esf(jnp.asarray(x, jnp.bfloat16), 5, axis=1).dtype == jnp.bfloat16
 
 
+def test_product_tree_runs_in_one_branch_also_under_vmap():
+    # The tree runs in a conditional's branch, which keeps XLA:CPU from computing each level
+    # twice; under jax.vmap its predicate must stay unbatched (a batched one inlines a select of
+    # both branches), and the batched values and gradients are the unbatched ones.
+    x = jnp.asarray(testing.random_logits(10, (2, 3, 41), scale=2.0, dtype=np.float32))
+    weights = jnp.asarray(np.random.default_rng(11).standard_normal((2, 3, 6)), jnp.float32)
+
+    def total(v, w):
+        return jnp.sum(log_esf(v, 5) * w)
+
+    step = jax.jit(jax.vmap(jax.value_and_grad(total)))
+    assert " conditional(" in step.lower(x, weights).compile().as_text()
+    value, grad = step(x, weights)
+    for i in range(2):
+        want_value, want_grad = jax.jit(jax.value_and_grad(total))(x[i], weights[i])
+        np.testing.assert_allclose(value[i], want_value, rtol=1e-6)
+        np.testing.assert_allclose(grad[i], want_grad, rtol=1e-6, atol=1e-7)
+
+
 def test_shared_top_k_and_its_gradient():
     # The selection log_esf makes is returned for reuse: lax.top_k's values, indices and gradient.
     x = jnp.asarray(testing.random_logits(9, (3, 12), scale=2.0, dtype=np.float32))
