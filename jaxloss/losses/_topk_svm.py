@@ -89,12 +89,14 @@ def _hard(kth, label_score, k, alpha):
     return jnp.where(margin < 0, 0.0, margin)
 
 
-def _finish(rows, loss, few):
-    """0 where fewer than k competitors remain, NaN where a competitor is NaN."""
+def _finish(rows, loss, few, nan=None):
+    """0 where fewer than k competitors remain, NaN where a competitor is NaN (``nan``, where the
+    caller knows it)."""
     loss = jnp.where(few, 0.0, loss)
     # lax.top_k ranks NaN above every number, so a NaN competitor must be caught here. A NaN label
     # score propagates through the arithmetic by itself.
-    nan = rows.inputs.classes.max(jnp.isnan(rows.scores) & rows.competes)
+    if nan is None:
+        nan = rows.inputs.classes.max(jnp.isnan(rows.scores) & rows.competes)
     return rows.inputs.finish(jnp.where(nan, jnp.nan, loss))
 
 
@@ -283,6 +285,7 @@ def smooth_topk_svm_loss(
         smooth = tau * jax.nn.softplus(log_ratio)
     if k == 1:
         few = classes.sum(rows.competes) < k
+        nan = None
         if hard_threshold is None:
             return _finish(rows, smooth, few)
         # The others' top k+1 in the units of x = scores / (k tau).
@@ -293,6 +296,9 @@ def smooth_topk_svm_loss(
         # (-inf). Counted there, not by a pass over the classes.
         top = jnp.where(top_x > floor, top_x, -jnp.inf)
         few = top[..., k - 1] == -jnp.inf
+        # A NaN competitor's x is NaN (the others' are numbers), which lax.top_k ranks first: no
+        # pass over the classes to find it.
+        nan = jnp.isnan(top_x[..., 0])
         # The k-th competitor's score from its x (which carries its gradient), not by a pass over
         # the classes: within an ulp or two of the score.
         kth = top_x[..., k - 1] * (k * tau)
@@ -305,7 +311,7 @@ def smooth_topk_svm_loss(
             top[..., k], jnp.minimum(y, top[..., k - 1])
         )
         hard |= gap >= jnp.log(hard_threshold)
-    return _finish(rows, jnp.where(hard, _hard(kth, label_score, k, alpha), smooth), few)
+    return _finish(rows, jnp.where(hard, _hard(kth, label_score, k, alpha), smooth), few, nan)
 
 
 SPECS = (

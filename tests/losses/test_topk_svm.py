@@ -260,6 +260,23 @@ def test_exactly_k_competitors_spread_beyond_the_floors_reach():
         np.testing.assert_allclose(out, [1.0 + (-1e4 + 2e4) / 2, 1.0 + (0.0 + 2e4) / 2])
 
 
+def test_nan_competitor_found_by_the_selection():
+    # For k >= 2 a NaN competitor is found in log_esf's top k + 1 (lax.top_k ranks NaN first),
+    # not by a pass over the classes: whatever the row's other scores, mask or temperature.
+    logits = testing.random_logits(31, (5, 40), scale=3.0, dtype=np.float32)
+    labels = np.array([0, 1, 2, 3, 4])
+    keep = np.ones((5, 40), bool)
+    logits[0, 39] = np.nan  # a competitor
+    logits[1, 7], keep[1, 7] = np.nan, False  # masked: no competitor
+    logits[2, 5], logits[2, 6] = np.nan, np.inf  # beside a +inf competitor
+    logits[3, 1:], logits[3, 9] = -np.inf, np.nan  # fewer than k competitors besides it
+    for tau, threshold in ((1.0, 1e3), (0.1, None), (1e-30, 1e3)):
+        out = jaxloss.smooth_topk_svm_loss(
+            logits, labels, k=3, tau=tau, hard_threshold=threshold, where=keep
+        )
+        np.testing.assert_array_equal(np.isnan(out), [True, False, True, True, False])
+
+
 def test_nonfinite_logits():
     logits = testing.random_logits(9, (3, 6), scale=2.0, dtype=np.float32)
     labels = np.array([0, 1, 2])
