@@ -178,10 +178,11 @@ def test_axis_batching_and_dtypes():
 
 
 def test_product_tree_runs_in_one_branch_also_under_vmap():
-    # The tree runs in a conditional's branch, which keeps XLA:CPU from computing each level
-    # twice; under jax.vmap its predicate must stay unbatched (a batched one inlines a select of
-    # both branches), and the batched values and gradients are the unbatched ones.
-    x = jnp.asarray(testing.random_logits(10, (2, 3, 41), scale=2.0, dtype=np.float32))
+    # Each wide level of the tree (over 32 pairs) is computed in a conditional's branch, which
+    # keeps XLA:CPU from computing it twice; under jax.vmap its predicate must stay unbatched (a
+    # batched one inlines a select of both branches), and the batched values and gradients are
+    # the unbatched ones.
+    x = jnp.asarray(testing.random_logits(10, (2, 3, 141), scale=2.0, dtype=np.float32))
     weights = jnp.asarray(np.random.default_rng(11).standard_normal((2, 3, 6)), jnp.float32)
 
     def total(v, w):
