@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxloss import _autodiff, _classes, _validation
+from jaxloss import _autodiff, _classes, _fusion, _validation
 
 __all__ = ["log_esf", "log_esf_and_top_k", "top_k_core"]
 
@@ -230,14 +230,11 @@ def _product_tree(level, degree):
 
 
 def _written_once(mul, pairs):
-    """``mul(pairs[..., 0], pairs[..., 1])``, for a wide level in a conditional's branch.
+    """``mul(pairs[..., 0], pairs[..., 1])``, a wide level computed apart (:func:`_fusion.apart`).
 
-    XLA:CPU drops the optimization barriers before it fuses, and then computed every level wider
-    than 32 pairs twice, once for the next level and once in the layout the VJP reads (190 us at
-    256 x 1000). It fuses nothing across a conditional (always taken; both branches are the
-    same), whose output is written once: one branch per level (the whole tree in one branch
-    still computed its first level twice, 100 us). The predicate is a constant XLA cannot fold,
-    and which jax.vmap leaves unbatched (a batched one would inline a select of both branches).
+    Inline, XLA:CPU computed every level wider than 32 pairs twice, once for the next level and
+    once in the layout the VJP reads (190 us at 256 x 1000); one branch per level, since the whole
+    tree in one still computed its first level twice (100 us).
     """
 
     def both(pairs):
@@ -245,8 +242,7 @@ def _written_once(mul, pairs):
 
     if pairs.shape[-2] <= 32:  # narrow levels: not recomputed, and a branch costs more
         return both(pairs)
-    either = lax.optimization_barrier(jnp.zeros((), bool))
-    return lax.cond(either, both, both, pairs)
+    return _fusion.apart(both, pairs)
 
 
 def _poly_mul_transpose(u, s, degree):

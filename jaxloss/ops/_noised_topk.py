@@ -13,7 +13,7 @@ import numpy as np
 from jax import lax
 
 # A module import: _classes imports the ops package (its selection), which imports this module.
-from jaxloss import _autodiff, _classes, _selection, _validation
+from jaxloss import _autodiff, _classes, _fusion, _selection, _validation
 from jaxloss.ops import _special
 
 __all__ = ["check_draws", "kth_core", "noised_topk"]
@@ -83,13 +83,11 @@ class _Draws:
         """``then(scores)`` of every class laid out (S, C, ...): the draws of :meth:`all` with the
         batch last, so that a pass over the classes runs across rows in SIMD lanes.
 
-        ``then`` runs in a branch of a conditional (always taken; both are the same), which
-        XLA:CPU fuses nothing across: the inputs cross it in the classes-first layout, written
-        out once, and the branch reads them along the grain. Inline, the draws read x across
-        it (0.7 instead of 0.4 ms at 256 x 100 x 10), and the slices of the passes over the
-        classes took in the scores' cheap last steps, which cut the passes into 58 loops (2.6
-        instead of 1.0 ms for the loss's value and gradient). An optimization barrier on the
-        keys did not keep them apart: XLA:CPU fused its loops across it all the same.
+        The draws and ``then`` run apart (:func:`_fusion.apart`): the inputs are written out
+        once in the classes-first layout, which the draws read along the grain. Inline, the
+        draws read x across it (0.7 instead of 0.4 ms at 256 x 100 x 10), and the slices of the
+        passes over the classes took in the scores' cheap last steps, which cut the passes into
+        58 loops (2.6 instead of 1.0 ms for the loss's value and gradient).
         """
         num_classes, batch = self.x.shape[-1], self.x.shape[:-1]
         lanes = (1,) * len(batch)
@@ -117,11 +115,7 @@ class _Draws:
                 x = x + epsilon * noise.astype(x.dtype)
             return then(x if where is None else jnp.where(where, x, -jnp.inf))
 
-        # A constant XLA cannot fold (a conditional on a constant is inlined), and which jax.vmap
-        # leaves unbatched: a batched predicate makes the conditional a select of both branches,
-        # inlined (180 instead of 2.2 ms for a population of 2 at 256 x 100 x 10).
-        either = lax.optimization_barrier(jnp.zeros((), bool))
-        return lax.cond(either, branch, branch, x, where, noise, self.epsilon, self.seed)
+        return _fusion.apart(branch, x, where, noise, self.epsilon, self.seed)
 
     def blocked(self, blocks: int, width: int) -> jax.Array:
         """Each of ``blocks`` blocks of classes padded to ``width`` with copies of its last."""
