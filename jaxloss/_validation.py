@@ -324,7 +324,9 @@ def prepare(
             f"logits have {num_classes} classes along axis {axis} (shape {logits.shape}); "
             f"this function needs at least {min_classes}."
         )
-    out_dtype = jnp.dtype(logits.dtype)
+    # The dtype JAX holds such logits in: float32 for NumPy float64 without x64, as jnp.asarray
+    # makes them (asking astype for float64 there would warn on every call).
+    out_dtype = jax.dtypes.canonicalize_dtype(logits.dtype)
     moved = _classes_last(jnp.asarray(logits), axes).astype(compute_dtype(out_dtype))
 
     if labels is not None:

@@ -9,6 +9,7 @@
   name before any work, and None is the whole row. (Its values: tests/losses/test_class_sharded.py.)
 """
 
+import warnings
 from pathlib import Path
 
 import jax
@@ -95,6 +96,18 @@ def test_plus_inf_logit_gives_the_limit_or_a_non_finite_value(spec, at_label):
     large = [float(call(logits.at[0, column].set(v), labels)[0]) for v in (1e5, 1e6)]
     np.testing.assert_allclose(large[0], large[1], rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(value_inf, large[1], rtol=1e-3, atol=1e-4)
+
+
+def test_numpy_float64_logits_give_float32_without_a_warning(spec):
+    # As jnp.asarray and optax take them without x64: no warning on every call.
+    call = testing.spec_call(spec, num_classes=CLASSES)
+    logits, labels = _inputs()
+    wide = np.asarray(logits, np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value = call(wide, np.asarray(labels))
+    assert value.dtype == jnp.float32
+    np.testing.assert_allclose(value, call(logits, labels), rtol=1e-6)
 
 
 def test_vmap_over_continuous_hyperparameters_equals_a_loop(spec):
