@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,6 +35,10 @@ LOCK_NAME = "run.lock"
 # Locks this process holds: a lock naming this process that is not among them is left over from
 # an earlier process that had the same id (a restarted container's process 1).
 _HELD: set[str] = set()
+# Serializes this process's acquisitions and releases: a lock of this process's pid is stale only
+# if no thread holds it, and a thread that has just created it must be recorded before another
+# thread judges it (two threads of one process took one workdir's lock both at once).
+_MUTEX = threading.Lock()
 
 
 class WorkdirInUseError(RuntimeError):
@@ -125,16 +130,17 @@ def _acquire(path: epath.Path) -> None:
         }
     )
     try:
-        for _ in range(3):
-            if _create(path, record):
-                _HELD.add(str(path))
-                return
+        with _MUTEX:
+            for _ in range(3):
+                if _create(path, record):
+                    _HELD.add(str(path))
+                    return
+                owner = _read(path)
+                if owner is not None and _stale(owner, path):
+                    _take_over(path, owner)
+                    continue
+                break
             owner = _read(path)
-            if owner is not None and _stale(owner, path):
-                _take_over(path, owner)
-                continue
-            break
-        owner = _read(path)
     except OSError as error:
         raise ConfigError(
             f"workdir {path.parent} cannot be written: {error.strerror or error}."
@@ -151,8 +157,9 @@ def _acquire(path: epath.Path) -> None:
 
 
 def _release(path: epath.Path) -> None:
-    _HELD.discard(str(path))
-    path.unlink(missing_ok=True)
+    with _MUTEX:
+        _HELD.discard(str(path))
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

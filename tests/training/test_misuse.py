@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from jaxloss.training import ConfigError, train_and_evaluate
+from jaxloss.training import ConfigError, lock, train_and_evaluate
 from jaxloss.training.checks import check_layout
 from jaxloss.training.lock import LOCK_NAME, WorkdirInUseError, workdir_lock
 from tests.training.tiny import tiny_config
@@ -182,18 +182,34 @@ def test_a_second_run_in_a_workdir_stops_naming_the_first_and_a_stale_lock_is_ta
     assert not os.path.exists(tmp_path / LOCK_NAME)
 
 
-def test_runs_started_together_in_one_workdir_get_its_lock_once(tmp_path):
+def test_runs_started_together_in_one_workdir_get_its_lock_once(tmp_path, monkeypatch):
     start = threading.Barrier(8)
     outcomes = []
+    create = lock._create
+
+    def slow_create(path, record):
+        # The window between creating the lock and recording it as held, widened: a thread of
+        # this process that judged the new lock then took it for a stale one of this pid.
+        created = create(path, record)
+        if created:
+            time.sleep(0.05)
+        return created
+
+    monkeypatch.setattr(lock, "_create", slow_create)
+
+    others_tried = threading.Event()
 
     def run():
         start.wait()
         try:
             with workdir_lock(tmp_path):
                 outcomes.append("held")
-                time.sleep(0.5)  # holds it while the others try
+                # Held until the other seven have tried, however slowly a loaded machine runs them.
+                others_tried.wait(timeout=10)
         except WorkdirInUseError:
             outcomes.append("refused")
+            if outcomes.count("refused") == 7:
+                others_tried.set()
 
     threads = [threading.Thread(target=run) for _ in range(8)]
     for thread in threads:
