@@ -347,7 +347,8 @@ def test_processes_kept_in_step_do_not_deadlock_when_one_waits_for_every_result(
     processes = [_start([sys.executable, str(script), str(i), str(port)]) for i in range(2)]
     for p, (out, err) in zip(processes, _outputs(processes, timeout=120), strict=True):
         assert p.returncode == 0, err[-3000:]
-        assert out.strip() == f"done {4 * 3 * 300:.1f}"  # the 4 x 3 ones after 299 increments
+        # XLA's CPU collectives may print their own lines (the peers each rank connected to) first.
+        assert out.strip().splitlines()[-1] == f"done {4 * 3 * 300:.1f}"  # 4 x 3 ones + 299
 
 
 def test_distributed_without_a_cluster_says_so_in_one_line(tmp_path):
