@@ -1,4 +1,5 @@
-"""``lax.top_k`` in a form XLA:CPU keeps fast and XLA's partitioner splits by class."""
+"""Selection and ordering along the class axis: ``lax.top_k`` in a form XLA:CPU keeps fast and
+XLA's partitioner splits by class, and a stable argsort that XLA:CPU runs as a sorting network."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
@@ -155,3 +157,65 @@ def _top_k_jvp(k, primals, tangents):
     # shard_map (a plain float0 array would not).
     index_tangent = jax.custom_derivatives.zero_from_primal(indices)
     return (values, indices), (jnp.take_along_axis(x_dot, indices, axis=-1), index_tangent)
+
+
+def _bitonic_argsort(keys: jax.Array) -> jax.Array:
+    """``jnp.argsort(keys, axis=-1, stable=True)`` by a bitonic network over (key, index) pairs.
+
+    XLA:CPU's sort calls its comparator once per comparison: 2.4 ms for 256 rows of 99 floats.
+    The network runs each of its log2(n)(log2(n) + 1)/2 stages as one vectorized pass with the
+    rows in the SIMD lanes: 0.41 ms (6.6 ms instead of 35 ms for 256 x 1000). Pairs are unique, so
+    ordering them is the stable order; NaN goes last as in ``jnp.argsort``.
+    """
+    *batch, size = keys.shape
+    rows = keys.reshape(-1, size).T
+    width = 1 << max(size - 1, 0).bit_length()
+    if jnp.issubdtype(rows.dtype, jnp.floating):
+        nan = jnp.isnan(rows)
+        rows = jnp.where(nan, jnp.zeros_like(rows), rows)
+    else:
+        nan = jnp.zeros(rows.shape, bool)
+    # Each key is ordered as (flagged last, value, index): NaN and the padding are flagged, and
+    # the padding's indices come after the keys'.
+    padding = (width - size, rows.shape[1])
+    values = jnp.concatenate([rows, jnp.zeros(padding, rows.dtype)])
+    last = jnp.concatenate([nan, jnp.ones(padding, bool)])
+    # jnp.argsort's index type; built from the keys, so that inside shard_map it varies over the
+    # mesh axes they vary over (as the sort's result does) even where no stage runs.
+    index_type = jax.dtypes.canonicalize_dtype(np.int64)
+    index = lax.broadcasted_iota(index_type, values.shape, 0) + jnp.zeros_like(values, index_type)
+    merged = 2
+    while merged <= width:
+        stride = merged // 2
+        while stride:
+            groups = width // (2 * stride)
+            # A group of pairs (i, i + stride) sorts ascending where bit `merged` of i is clear.
+            ascending = ((np.arange(groups) * 2 * stride) // merged) % 2 == 0
+            ascending = jnp.asarray(ascending)[:, None, None]
+            (v0, v1), (l0, l1), (i0, i1) = (
+                (a[:, 0], a[:, 1])
+                for a in (x.reshape(groups, 2, stride, -1) for x in (values, last, index))
+            )
+            second_first = (l1 < l0) | ((l1 == l0) & ((v1 < v0) | ((v1 == v0) & (i1 < i0))))
+            swap = second_first == ascending
+
+            def exchange(a0, a1, swap=swap):
+                pair = (jnp.where(swap, a1, a0), jnp.where(swap, a0, a1))
+                return jnp.stack(pair, axis=1).reshape(width, -1)
+
+            values, last, index = exchange(v0, v1), exchange(l0, l1), exchange(i0, i1)
+            stride //= 2
+        merged *= 2
+    return index[:size].T.reshape(*batch, size)
+
+
+def argsort(keys: jax.Array) -> jax.Array:
+    """``jnp.argsort(keys, axis=-1, stable=True)``; on CPU by a sorting network (see above)."""
+
+    def sort(keys):
+        # Typed as the network's result: inside shard_map it varies over the keys' mesh axes
+        # (the sort's own result may not, and both branches must have one type).
+        order = jnp.argsort(keys, axis=-1, stable=True)
+        return order + jnp.zeros_like(keys, order.dtype)
+
+    return lax.platform_dependent(keys, cpu=_bitonic_argsort, default=sort)

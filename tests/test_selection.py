@@ -1,4 +1,5 @@
-"""Tests of jaxloss._selection.top_k: lax.top_k's results on one device and on class shards.
+"""Tests of jaxloss._selection: top_k (lax.top_k's results on one device and on class shards) and
+argsort (jnp.argsort's stable order by a sorting network on CPU).
 
 The oracle is a stable NumPy argsort of the negated row (lowest index first among ties, as
 ``lax.top_k`` documents); gradients are checked against the scatter of the cotangent onto the
@@ -16,7 +17,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from jaxloss._selection import top_k
+from jaxloss._selection import argsort, top_k
 from tests import testing
 
 
@@ -107,7 +108,7 @@ _SHARDED = """
 import json, re
 import jax, jax.numpy as jnp, ml_dtypes, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from jaxloss._selection import top_k
+from jaxloss._selection import argsort, top_k
 from tests.test_selection import oracle_grad, oracle_top_k, tied
 from tests.testing import random_logits
 
@@ -183,3 +184,30 @@ def test_class_sharded_top_k_matches_and_moves_only_candidates():
     out = testing.run_on_devices(_SHARDED, num_devices=4)
     failures = json.loads(out.strip().splitlines()[-1])
     assert failures == [], "\n".join(failures)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16, np.int32])
+@pytest.mark.parametrize("shape", [(1,), (2,), (5, 7), (2, 3, 64), (3, 99), (2, 129)])
+def test_argsort_is_numpys_stable_argsort(shape, dtype):
+    # Ties everywhere, and the float specials: NaN of both signs last (in index order, as NumPy
+    # and jnp.argsort put them), -0.0 tied with 0.0, the infinities at the ends.
+    x = tied(2, shape).astype(np.float64)
+    if dtype != np.int32:
+        flat = x.reshape(-1)
+        specials = [np.nan, -np.nan, np.inf, -np.inf, -0.0]
+        picks = np.random.default_rng(3).integers(0, flat.size, 2 * len(specials))
+        flat[picks] = np.tile(specials, 2)
+    x = x.astype(dtype)
+    got = jax.jit(argsort)(jnp.asarray(x))
+    assert got.dtype == jnp.argsort(x).dtype and got.shape == shape
+    np.testing.assert_array_equal(got, np.argsort(x, axis=-1, kind="stable"))
+
+
+def test_argsort_compiles_to_a_network_on_cpu_and_batches():
+    x = jnp.asarray(tied(4, (3, 4, 10)))
+    hlo = jax.jit(argsort).lower(x).compile().as_text()
+    assert " sort(" not in hlo  # XLA:CPU's sort is what the network replaces
+    np.testing.assert_array_equal(jax.vmap(argsort)(x), np.argsort(x, axis=-1, kind="stable"))
+    with jax.enable_x64(True):
+        wide = jnp.asarray(np.asarray(x, np.float64))
+        assert argsort(wide).dtype == jnp.argsort(wide).dtype == jnp.int64

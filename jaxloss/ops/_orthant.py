@@ -12,7 +12,7 @@ import numpy as np
 from jax import lax
 from jax.scipy import special
 
-from jaxloss import _autodiff, _classes, _validation
+from jaxloss import _autodiff, _classes, _selection, _validation
 from jaxloss.ops import _special
 
 __all__ = ["check_key", "gaussian_orthant_probability", "orthant_core"]
@@ -365,7 +365,7 @@ def orthant_core(
     else:
         # Genz's estimator is sequential over all the sorted entries: it needs whole rows.
         rows = entries.whole(rows)
-        order = jnp.argsort(lax.stop_gradient(_sort_keys(rows)), axis=-1, stable=True)
+        order = _selection.argsort(lax.stop_gradient(_sort_keys(rows)))
         rows = jnp.take_along_axis(rows, order, axis=-1)
     if method == "quadrature":
         return _quadrature(rows, _classes.WHOLE).reshape(batch_shape)
