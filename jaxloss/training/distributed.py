@@ -109,6 +109,15 @@ def _check_port_free(port: int) -> None:
         ) from None
 
 
+# Gloo prints "[Gloo] Rank R is connected to N peer ranks. Expected number of connected peer ranks
+# is : E" piece by piece from each local device's thread, so two threads' pieces can interleave
+# into lines such as "3 is connected to ...": a line made of nothing but those pieces is Gloo's.
+_GLOO_LINE = (
+    rb"(?:\s*(?:\[Gloo\] Rank|\d+|is connected to|peer ranks\.|"
+    rb"Expected number of connected peer ranks is :))+\s*"
+)
+
+
 def _silence_gloo() -> None:
     """Drops the ``[Gloo] Rank ... connected`` lines that the CPU collectives print on stdout.
 
@@ -118,9 +127,10 @@ def _silence_gloo() -> None:
     sys.stdout.flush()
     read, write = os.pipe()
     code = (
-        "import sys\n"
+        "import re, sys\n"
+        f"gloo = re.compile({_GLOO_LINE!r})\n"
         "for line in sys.stdin.buffer:\n"
-        "    if not line.startswith(b'[Gloo] Rank '):\n"
+        "    if not gloo.fullmatch(line):\n"
         "        sys.stdout.buffer.write(line); sys.stdout.buffer.flush()\n"
     )
     # The filter inherits the real stdout; it exits when every writer of the pipe is gone.

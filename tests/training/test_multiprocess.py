@@ -347,8 +347,34 @@ def test_processes_kept_in_step_do_not_deadlock_when_one_waits_for_every_result(
     processes = [_start([sys.executable, str(script), str(i), str(port)]) for i in range(2)]
     for p, (out, err) in zip(processes, _outputs(processes, timeout=120), strict=True):
         assert p.returncode == 0, err[-3000:]
-        # XLA's CPU collectives may print their own lines (the peers each rank connected to) first.
+        # The last line: what else reaches stdout is the Gloo filter's test's business (below).
         assert out.strip().splitlines()[-1] == f"done {4 * 3 * 300:.1f}"  # 4 x 3 ones + 299
+
+
+_GLOO_OUTPUT = """
+import os
+from jaxloss.training import distributed
+distributed._silence_gloo()
+print("summary 0.93 ± 0.01", flush=True)
+# Two device threads' pieces interleaved, as CI once printed them, and a lone piece.
+os.write(1, b"[Gloo] Rank [Gloo] Rank 2 is connected to 3 peer ranks. Expected number of "
+            b"connected peer ranks is : 3\\n3 is connected to 3 peer ranks. Expected number of "
+            b"connected peer ranks is : 3\\n3\\n")
+os.write(1, b"Rank 3 is connected to the coordinator\\n")
+print("done 3600.0")
+"""
+
+
+def test_gloo_lines_are_dropped_from_stdout_also_when_its_threads_interleave():
+    result = subprocess.run(
+        [sys.executable, "-c", _GLOO_OUTPUT], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [
+        "summary 0.93 ± 0.01",
+        "Rank 3 is connected to the coordinator",
+        "done 3600.0",
+    ]
 
 
 def test_distributed_without_a_cluster_says_so_in_one_line(tmp_path):
