@@ -149,15 +149,6 @@ class _Draws:
         return x if where is None else jnp.where(where, x, -jnp.inf)
 
 
-def _sortable(y: jax.Array) -> jax.Array:
-    """Integers in the total order of floats that ``lax.top_k`` ranks by (-NaN < -inf < -0 < 0).
-
-    The map is its own inverse from the integers back to the floats' bits.
-    """
-    bits = lax.bitcast_convert_type(y, jnp.dtype(f"int{8 * y.dtype.itemsize}"))
-    return bits ^ ((bits >> (8 * bits.dtype.itemsize - 1)) & jnp.iinfo(bits.dtype).max)
-
-
 # The selection ranks groups of 8 neighbouring classes first. They tile each of 8 equal blocks of
 # the classes (fewer blocks where the classes do not split in 8), the last group of a block padded:
 # under jax.jit with the classes split evenly over 2, 4 or 8 devices no group straddles two, and
@@ -237,10 +228,10 @@ def _kth(k: int, draws: _Draws) -> tuple[jax.Array, jax.Array]:
     if classes.name is None and passes and (grouping is None or smallest):
 
         def kth_key(scores):
-            return _kth_by_passes(_sortable(-scores if smallest else scores), rank)
+            return _kth_by_passes(_selection.sortable(-scores if smallest else scores), rank)
 
         key, index = (jnp.moveaxis(a, 0, -1) for a in draws.across(kth_key))
-        value = lax.bitcast_convert_type(_sortable(key), draws.x.dtype)
+        value = lax.bitcast_convert_type(_selection.sortable(key), draws.x.dtype)
         return -value if smallest else value, index
     if smallest:
         values, indices = classes.top_k(-draws.all(), rank)
@@ -257,10 +248,10 @@ def _kth(k: int, draws: _Draws) -> tuple[jax.Array, jax.Array]:
     width = local_size // blocks
     # Written once (the scores' rounding is XLA's choice per fusion: the maxima and the
     # candidates must read the same numbers), as integers in lax.top_k's order.
-    keys = lax.optimization_barrier(_sortable(draws.blocked(blocks, per_block * _GROUP)))
+    keys = lax.optimization_barrier(_selection.sortable(draws.blocked(blocks, per_block * _GROUP)))
     best = jnp.max(keys.reshape(keys.shape[:-1] + (blocks * per_block, _GROUP)), axis=-1)
     dtype = draws.x.dtype
-    _, groups = classes.top_k(lax.bitcast_convert_type(_sortable(best), dtype), k)
+    _, groups = classes.top_k(lax.bitcast_convert_type(_selection.sortable(best), dtype), k)
     # In index order, so that the candidates' own top k breaks ties as the whole row's does.
     groups = jnp.sort(groups, axis=-1)
     shard, group = jnp.divmod(groups, blocks * per_block)
@@ -274,7 +265,7 @@ def _kth(k: int, draws: _Draws) -> tuple[jax.Array, jax.Array]:
     bits = jnp.take_along_axis(keys, entries, axis=-1)
     bits = classes.sum(jnp.where(held, bits, 0)[..., None]).astype(bits.dtype)
     bits = jnp.where(within < width, bits, jnp.iinfo(bits.dtype).min)
-    values, at = _selection.top_k(lax.bitcast_convert_type(_sortable(bits), dtype), k)
+    values, at = _selection.top_k(lax.bitcast_convert_type(_selection.sortable(bits), dtype), k)
     return values[..., -1], jnp.take_along_axis(candidates, at[..., -1:], axis=-1)[..., 0]
 
 
