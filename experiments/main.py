@@ -8,10 +8,10 @@ its default hyperparameters and the head and optimizer pieces it is designed for
 (``--config.loss.name=<loss>`` is read as ``:<loss>``). ``--config.<field>=<value>`` overrides any
 field. Every value is checked before anything is written: a mistake ends the run with one ``FATAL``
 line (and at most one hint line) naming the flag or field, the value and what is allowed. At the
-end it prints the reported epoch's validation and test metrics per seed and their mean ± std, also
-written to ``<workdir>/results.json``. Running again with the same workdir resumes from its latest
-checkpoint (or, for a finished run, prints the same summary); a second run started while one holds
-the workdir stops at once, naming the first (``<workdir>/run.lock``).
+end it prints the reported epoch's validation and test metrics per seed and, of two or more,
+their mean ± std, also written to ``<workdir>/results.json``. Running again with the same workdir
+resumes from its latest checkpoint (or, for a finished run, prints the same summary); a second run
+started while one holds the workdir stops at once, naming the first (``<workdir>/run.lock``).
 
 Many processes (GPU hosts, TPU pods) run the same command with JAX's runtime: ``--distributed`` (JAX
 detects SLURM, Cloud TPU, Open MPI) or ``--coordinator_address=HOST:PORT --num_processes=N

@@ -18,7 +18,8 @@ def sample_std(values: np.ndarray) -> float:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """A plain-text table: one row per model, then mean ± std over the models."""
+    """A plain-text table: one row per model, then mean ± std over the models (when there are
+    several: one model's row is the result, and a spread of one value would read as 0)."""
     models = summary["models"]
     names = list(summary["mean"]["test"])
     reported = (
@@ -36,12 +37,19 @@ def format_summary(summary: dict[str, Any]) -> str:
                 + [str(model["epoch"])]
                 + [f"{model[split][n]:.4f}" for n in names]
             )
-        rows.append(
-            [split, "mean ± std", *([""] * len(extra)), ""]
-            + [f"{summary['mean'][split][n]:.4f} ± {summary['std'][split][n]:.4f}" for n in names]
-        )
+        if len(models) > 1:
+            rows.append(
+                [split, "mean ± std", *([""] * len(extra)), ""]
+                + [
+                    f"{summary['mean'][split][n]:.4f} ± {summary['std'][split][n]:.4f}"
+                    for n in names
+                ]
+            )
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [f"Reported: {reported}, for each of {len(models)} models."]
+    lines = [
+        f"Reported: {reported}, for "
+        + (f"each of {len(models)} models." if len(models) > 1 else "the one model.")
+    ]
     for row in [header, *rows]:
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     return "\n".join(lines)
