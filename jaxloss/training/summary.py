@@ -21,6 +21,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     """A plain-text table: one row per model, then mean ± std over the models (when there are
     several: one model's row is the result, and a spread of one value would read as 0)."""
     models = summary["models"]
+    several = len(models) > 1
     names = list(summary["mean"]["test"])
     reported = (
         "the last epoch"
@@ -37,7 +38,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                 + [str(model["epoch"])]
                 + [f"{model[split][n]:.4f}" for n in names]
             )
-        if len(models) > 1:
+        if several:
             rows.append(
                 [split, "mean ± std", *([""] * len(extra)), ""]
                 + [
@@ -48,7 +49,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [
         f"Reported: {reported}, for "
-        + (f"each of {len(models)} models." if len(models) > 1 else "the one model.")
+        + (f"each of {len(models)} models." if several else "the one model.")
     ]
     for row in [header, *rows]:
         lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))

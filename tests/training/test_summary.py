@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from jaxloss.training.population import Population
+from jaxloss.training.selection import summarize
 from jaxloss.training.summary import format_summary
 
 
 def _summary(test_accuracies: list[float]) -> dict:
-    models = [
-        {"seed": seed, "epoch": 3, "validation": {"accuracy": 0.5}, "test": {"accuracy": accuracy}}
-        for seed, accuracy in enumerate(test_accuracies)
-    ]
-    mean = sum(test_accuracies) / len(test_accuracies)
-    return {
-        "models": models,
-        "mean": {"validation": {"accuracy": 0.5}, "test": {"accuracy": mean}},
-        "std": {"validation": {"accuracy": 0.0}, "test": {"accuracy": 0.25}},
-        "selection": "best",
-        "selection_metric": "accuracy",
+    """The summary a run of these models makes (``selection.summarize``), reported at epoch 3."""
+    size = len(test_accuracies)
+    best = {
+        "epoch": np.full(size, 3),
+        "validation/accuracy": np.full(size, 0.5),
+        "test/accuracy": np.asarray(test_accuracies),
     }
+    population = Population(seeds=np.arange(size), values={})
+    return summarize(
+        best, population, metric_names=["accuracy"], selection="best", selection_metric="accuracy"
+    )
 
 
 def test_several_models_get_their_rows_and_mean_and_std():
@@ -29,7 +32,7 @@ def test_several_models_get_their_rows_and_mean_and_std():
     assert test_rows == [
         ["test", "0", "3", "0.2500"],
         ["test", "1", "3", "0.7500"],
-        ["test", "mean", "±", "std", "0.5000", "±", "0.2500"],
+        ["test", "mean", "±", "std", "0.5000", "±", f"{np.std([0.25, 0.75], ddof=1):.4f}"],
     ]
 
 
